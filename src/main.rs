@@ -1,0 +1,110 @@
+//! The `behave` command.
+
+use anyhow::Context;
+use behave::cli::{Cli, Command, ReplayArgs};
+use behave::replay::{replay, ReplayOptions};
+use behave::spec::Spec;
+use clap::Parser;
+use std::io::IsTerminal;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => run_replay(args),
+    };
+    if let Err(error) = result {
+        eprintln!("behave: error: {error:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let spec = Spec::load(&args.spec)?;
+    let cluster = args.cluster()?;
+    let clustered = cluster.addresses.len() > 1;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(spec.name()));
+    let started = Arc::new(AtomicBool::new(false));
+    if clustered {
+        watch_connections(&cluster, started.clone(), args.connect_timeout);
+    }
+    let outcome = replay(ReplayOptions {
+        spec,
+        events: args.events.clone(),
+        forget: args.forget.clone(),
+        out: Some(out.clone()),
+        reveal_ids: args.reveal_ids,
+        as_of: args.as_of,
+        cluster: cluster.clone(),
+        progress: args.progress || std::io::stderr().is_terminal(),
+        started: Some(started),
+    })
+    .with_context(|| format!("replaying {}", args.spec.display()))?;
+    if cluster.process == 0 {
+        let text = format!(
+            "behave replay: wrote {}\n{}",
+            out.display(),
+            outcome.summary.text()
+        );
+        // In a cluster timely prints its connection chatter on stdout: keep results off it.
+        if clustered {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    }
+    if outcome.summary.forget_audit.residual_records > 0 {
+        anyhow::bail!(
+            "forget audit failed: {} records of forgotten users remain in the arrangements",
+            outcome.summary.forget_audit.residual_records
+        );
+    }
+    Ok(())
+}
+
+/// Fails the process, naming the unreachable peers, if the cluster is not connected in time.
+fn watch_connections(cluster: &behave::runtime::Cluster, started: Arc<AtomicBool>, timeout: u64) {
+    let addresses = cluster.addresses.clone();
+    let me = cluster.process;
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+        while std::time::Instant::now() < deadline {
+            if started.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if started.load(Ordering::SeqCst) {
+            return;
+        }
+        let unreachable: Vec<String> = addresses
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .filter(|(_, address)| !reachable(address))
+            .map(|(i, address)| format!("process {i} at {address}"))
+            .collect();
+        let who = if unreachable.is_empty() {
+            "a peer accepted connections but did not join".to_string()
+        } else {
+            format!("cannot reach {}", unreachable.join(", "))
+        };
+        eprintln!("behave: error: cluster not connected after {timeout} s: {who}");
+        std::process::exit(3);
+    });
+}
+
+fn reachable(address: &str) -> bool {
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
+}

@@ -1,0 +1,197 @@
+//! A whole replay: spec → ingestion → dataflow → snapshot files and summary.
+
+use crate::event::Time;
+use crate::ingest::{ingest, IngestError, IngestOptions, Routing};
+use crate::output::{self, OutputError, Summary, UserNames};
+use crate::privacy::{load_key, KeyError};
+use crate::runtime::{Cluster, Runner, RuntimeError, Snapshot, ViewConfig};
+use crate::spec::{Spec, SpecError};
+use crate::time::format_time;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The spec is unusable.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// No pseudonymization key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// An input file is unusable.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The dataflow failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Output could not be written.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// Everything a replay needs besides the spec.
+pub struct ReplayOptions {
+    /// The spec.
+    pub spec: Spec,
+    /// Event file (default: the spec's).
+    pub events: Option<PathBuf>,
+    /// Forget file (default: the spec's).
+    pub forget: Option<PathBuf>,
+    /// Output directory; `None` writes nothing.
+    pub out: Option<PathBuf>,
+    /// Show raw user ids in written files.
+    pub reveal_ids: bool,
+    /// Take the snapshot as of this time if it is later than the data.
+    pub as_of: Option<Time>,
+    /// Threads and processes.
+    pub cluster: Cluster,
+    /// Print progress to stderr.
+    pub progress: bool,
+    /// Set once the workers of every process are connected.
+    pub started: Option<Arc<AtomicBool>>,
+}
+
+/// What a replay produced.
+pub struct ReplayOutcome {
+    /// The summary (also in `summary.json`).
+    pub summary: Summary,
+    /// The snapshot (process 0 only).
+    pub snapshot: Option<Snapshot>,
+    /// Rendered view tables `(view, rows)`, as written (process 0 only).
+    pub tables: Vec<(&'static str, Vec<Vec<String>>)>,
+}
+
+/// The views a spec writes, in file order.
+pub fn view_names(config: &ViewConfig) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if config.sessions.is_some() {
+        names.push("sessions");
+    }
+    if config.engagement.is_some() {
+        names.push("engagement");
+    }
+    names
+}
+
+/// Replays the spec's input through its views and writes the results (on process 0).
+pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
+    let start = Instant::now();
+    let spec = &options.spec;
+    let (key, key_source) = load_key(&spec.input)?;
+    let events = options.events.clone().unwrap_or_else(|| spec.input.events.clone());
+    let forget = options.forget.clone().or_else(|| spec.input.forget.clone());
+    // Check the files before starting workers, so a bad path fails fast and alone.
+    for path in std::iter::once(&events).chain(forget.as_ref()) {
+        std::fs::metadata(path).map_err(|source| IngestError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let views = ViewConfig::from_spec(spec);
+    let cluster = options.cluster.clone();
+    let runner = Runner::start(cluster.clone(), views.clone())?;
+    if let Some(started) = &options.started {
+        started.store(true, Ordering::SeqCst);
+    }
+    let routing = Routing {
+        tick: spec.tick.0,
+        shards: cluster.peers(),
+        local: cluster.local_workers(),
+    };
+    let mut failure = None;
+    let mut emit = |epoch| {
+        if failure.is_none() {
+            if let Err(e) = runner.send(epoch) {
+                failure = Some(e);
+            }
+        }
+    };
+    let mut last_report = Instant::now();
+    let mut progress = |read: u64| {
+        if last_report.elapsed().as_millis() >= 500 {
+            last_report = Instant::now();
+            let rate = read as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            eprint!("\r  {read} events read, {rate:.0} events/s   ");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let report = ingest(
+        IngestOptions {
+            input: &spec.input,
+            events: &events,
+            forget: forget.as_deref(),
+            routing,
+            key: &key,
+            reveal: options.reveal_ids,
+            as_of: options.as_of,
+            progress: if options.progress {
+                Some(&mut progress)
+            } else {
+                None
+            },
+        },
+        &mut emit,
+    );
+    if options.progress {
+        eprint!("\r{:60}\r", "");
+    }
+    let report = report?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let as_of = report.as_of.unwrap_or(0);
+    let finished = runner.finish(as_of, report.tombstones.clone())?;
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let mut summary = Summary::new(spec.name(), &report.counts);
+    summary.as_of = report.as_of.map(format_time);
+    summary.workers = cluster.peers();
+    summary.processes = cluster.addresses.len().max(1);
+    summary.elapsed_s = (elapsed * 1000.0).round() / 1000.0;
+    summary.events_per_s = (report.counts.accepted as f64 / elapsed.max(1e-9)).round();
+    summary.key_source = key_source.to_string();
+    summary.forget_audit = finished.audit.clone();
+
+    let names = view_names(&views);
+    let users = UserNames::new(report.reveal.as_ref());
+    let tables = match &finished.snapshot {
+        Some(snapshot) => output::render(snapshot, &names, as_of, &users),
+        None => Vec::new(),
+    };
+    if let (Some(dir), Some(_)) = (&options.out, &finished.snapshot) {
+        let fail = |e: std::io::Error| OutputError {
+            path: dir.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        for (view, rows) in &tables {
+            let file = format!("{view}.csv");
+            output::write_csv(&dir.join(&file), output::header(view), rows.iter().cloned())?;
+            summary.files.push(file);
+        }
+        output::write_rejections(&dir.join("rejected.csv"), &report.rejections)?;
+        summary.files.push("rejected.csv".into());
+        output::write_csv(
+            &dir.join("tombstones.csv"),
+            &["pseudonym"],
+            report.tombstones.iter().map(|u| vec![u.to_string()]),
+        )?;
+        summary.files.push("tombstones.csv".into());
+        summary.files.push("summary.json".into());
+        let path = dir.join("summary.json");
+        let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        std::fs::write(&path, json + "\n").map_err(|e| OutputError {
+            path,
+            message: e.to_string(),
+        })?;
+    }
+    Ok(ReplayOutcome {
+        summary,
+        snapshot: finished.snapshot,
+        tables,
+    })
+}

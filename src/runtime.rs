@@ -1,0 +1,513 @@
+//! Execution: runs the views of a spec on timely workers (threads and processes), feeds them
+//! the epochs the ingestor cuts, gathers the output to worker 0 as an exact snapshot at the
+//! as-of time, and audits the arrangements for records of forgotten users.
+
+use crate::event::{Event, Time, UserId};
+use crate::ingest::Epoch;
+use crate::spec::Spec;
+use crate::views::{self, Diff, Engagement, Session};
+use differential_dataflow::input::InputSession;
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use timely::dataflow::operators::Exchange;
+use timely::dataflow::ProbeHandle;
+use timely::progress::frontier::AntichainRef;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Timely could not start its workers (e.g. a bad cluster configuration).
+    #[error("cannot start workers: {0}")]
+    Start(String),
+    /// A worker thread panicked.
+    #[error("worker failed: {0}")]
+    Worker(String),
+    /// The workers stopped taking input (one of them failed).
+    #[error("the dataflow workers stopped before the input ended")]
+    Disconnected,
+}
+
+/// One output row of any view; the snapshot is a set of these.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Row {
+    /// A row of `sessions.csv`.
+    Session(UserId, Session),
+    /// A row of `engagement.csv`.
+    Engagement(UserId, Engagement),
+}
+
+/// Which views to maintain, with their parameters (the part of a [`Spec`] the workers need).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewConfig {
+    /// Session gap in seconds, when the sessions view is on.
+    pub sessions: Option<i64>,
+    /// `(session gap, UTC offset)`, when the engagement view is on.
+    pub engagement: Option<(i64, i64)>,
+}
+
+impl ViewConfig {
+    /// The views a spec asks for.
+    pub fn from_spec(spec: &Spec) -> ViewConfig {
+        ViewConfig {
+            sessions: spec.sessions.as_ref().map(|s| s.gap.0),
+            engagement: spec
+                .engagement
+                .as_ref()
+                .map(|e| (spec.session_gap(), e.utc_offset.0)),
+        }
+    }
+}
+
+/// A trace kept by the runtime for compaction and the forget audit.
+pub trait AuditedTrace {
+    /// The arrangement's name.
+    fn name(&self) -> &str;
+    /// Allows the trace to compact up to `time`.
+    fn compact_to(&mut self, time: u64);
+    /// How many physical updates the trace still holds for any of `users` (sorted).
+    fn records_of(&mut self, users: &[UserId]) -> usize;
+}
+
+struct UserKeyed<V: differential_dataflow::ExchangeData> {
+    name: String,
+    trace: TraceAgent<ValSpine<UserId, V, u64, Diff>>,
+}
+
+impl<V: differential_dataflow::ExchangeData> AuditedTrace for UserKeyed<V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compact_to(&mut self, time: u64) {
+        let frontier = [time];
+        self.trace.set_logical_compaction(AntichainRef::new(&frontier));
+        self.trace.set_physical_compaction(AntichainRef::new(&frontier));
+    }
+
+    fn records_of(&mut self, users: &[UserId]) -> usize {
+        let Some(batches) = self.trace.batches_through(AntichainRef::new(&[])) else {
+            return 0;
+        };
+        let (mut cursor, storage) = cursor_list(batches);
+        let mut count = 0;
+        for user in users {
+            cursor.seek_key(&storage, user);
+            if cursor.get_key(&storage) == Some(user) {
+                while cursor.val_valid(&storage) {
+                    cursor.map_times(&storage, |_, _| count += 1);
+                    cursor.step_val(&storage);
+                }
+            }
+        }
+        count
+    }
+}
+
+/// Builds the views of `config` over `events`: the gathered output rows and the traces to audit.
+pub fn build_views<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    config: &ViewConfig,
+) -> (VecCollection<'s, u64, Row, Diff>, Vec<Box<dyn AuditedTrace>>) {
+    let times = views::user_times(events.clone());
+    let mut audited: Vec<Box<dyn AuditedTrace>> = vec![Box::new(UserKeyed {
+        name: "user_times".into(),
+        trace: times.trace.clone(),
+    })];
+    let mut outputs = Vec::new();
+    if let Some(gap) = config.sessions {
+        let arranged = views::sessions_arranged(times.clone(), gap);
+        audited.push(Box::new(UserKeyed {
+            name: "sessions".into(),
+            trace: arranged.trace.clone(),
+        }));
+        outputs.push(arranged.as_collection(|u: &UserId, s: &Session| Row::Session(*u, *s)));
+    }
+    if let Some((gap, offset)) = config.engagement {
+        let arranged = views::engagement_arranged(times, gap, offset);
+        audited.push(Box::new(UserKeyed {
+            name: "engagement".into(),
+            trace: arranged.trace.clone(),
+        }));
+        outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
+    }
+    let rows = differential_dataflow::collection::concatenate(events.scope(), outputs);
+    (rows, audited)
+}
+
+/// A message from the driver to one worker.
+enum Msg {
+    /// Updates at `time`; `sync` asks for an acknowledgement once the views reflect them.
+    Epoch {
+        time: u64,
+        updates: Vec<(Event, Diff)>,
+        sync: bool,
+    },
+    /// The stream ended; take the snapshot at `as_of` and audit for `forgotten`.
+    End {
+        as_of: u64,
+        forgotten: Arc<Vec<UserId>>,
+    },
+}
+
+/// What the arrangement audit found on one worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Arrangements scanned.
+    pub traces: usize,
+    /// Forgotten users looked for.
+    pub users: usize,
+    /// Physical records of forgotten users still present (0 is the promise).
+    pub residual_records: usize,
+}
+
+/// The rows of the final snapshot with their multiplicities, gathered on worker 0.
+pub type Snapshot = BTreeMap<Row, Diff>;
+
+/// What a worker returns.
+struct WorkerResult {
+    snapshot: Option<Snapshot>,
+    audit: Audit,
+}
+
+/// How many epochs a worker lets its dataflow fall behind the input before waiting.
+const MAX_LAG: usize = 4;
+
+/// Gathers output updates on worker 0: folds those at or before the latest input time,
+/// keeps later ones (from views that schedule changes ahead) until the as-of time is known.
+#[derive(Default)]
+struct Gather {
+    input_time: u64,
+    current: HashMap<Row, Diff>,
+    future: Vec<(Row, u64, Diff)>,
+}
+
+impl Gather {
+    fn absorb(&mut self, updates: &[(Row, u64, Diff)]) {
+        for (row, time, diff) in updates {
+            if *time <= self.input_time {
+                fold(&mut self.current, row.clone(), *diff);
+            } else {
+                self.future.push((row.clone(), *time, *diff));
+            }
+        }
+    }
+
+    fn finish(mut self, as_of: u64) -> Snapshot {
+        for (row, time, diff) in std::mem::take(&mut self.future) {
+            if time <= as_of {
+                fold(&mut self.current, row, diff);
+            }
+        }
+        self.current.into_iter().collect()
+    }
+}
+
+fn fold(map: &mut HashMap<Row, Diff>, row: Row, diff: Diff) {
+    let entry = map.entry(row);
+    match entry {
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            *o.get_mut() += diff;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(diff);
+        }
+    }
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    config: &ViewConfig,
+    receiver: Receiver<Msg>,
+    acks: SyncSender<usize>,
+) -> WorkerResult {
+    let index = worker.index();
+    let gather = Rc::new(RefCell::new(Gather::default()));
+    let mut input: InputSession<u64, Event, Diff> = InputSession::new();
+    let probe = ProbeHandle::new();
+    let mut audited = worker.dataflow::<u64, _, _>(|scope| {
+        let events = input.to_collection(scope);
+        let (rows, audited) = build_views(events, config);
+        let sink = gather.clone();
+        rows.inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
+            .probe_with(&probe);
+        audited
+    });
+    let mut recent: std::collections::VecDeque<u64> = Default::default();
+    let mut result = WorkerResult {
+        snapshot: None,
+        audit: Audit::default(),
+    };
+    for message in receiver {
+        match message {
+            Msg::Epoch {
+                time,
+                updates,
+                sync,
+            } => {
+                if time > *input.time() {
+                    input.advance_to(time);
+                }
+                for (event, diff) in updates {
+                    input.update(event, diff);
+                }
+                input.advance_to(time + 1);
+                input.flush();
+                gather.borrow_mut().input_time = time;
+                for trace in audited.iter_mut() {
+                    trace.compact_to(time);
+                }
+                recent.push_back(time);
+                if sync {
+                    worker.step_while(|| probe.less_than(input.time()));
+                    recent.clear();
+                    let _ = acks.send(index);
+                } else {
+                    worker.step();
+                    if recent.len() > MAX_LAG {
+                        let behind = recent.pop_front().unwrap_or(0);
+                        worker.step_while(|| probe.less_than(&(behind + 1)));
+                    }
+                }
+            }
+            Msg::End { as_of, forgotten } => {
+                if as_of + 1 > *input.time() {
+                    input.advance_to(as_of + 1);
+                }
+                input.flush();
+                gather.borrow_mut().input_time = as_of;
+                worker.step_while(|| probe.less_than(input.time()));
+                result.audit = audit(worker, &mut audited, as_of + 1, &forgotten);
+                if index == 0 {
+                    let taken = std::mem::take(&mut *gather.borrow_mut());
+                    result.snapshot = Some(taken.finish(as_of));
+                }
+                let _ = acks.send(index);
+            }
+        }
+    }
+    result
+}
+
+/// Compacts every audited trace to `time`, lets idle merging finish, and counts what remains
+/// of the forgotten users.
+fn audit(
+    worker: &mut timely::worker::Worker,
+    traces: &mut [Box<dyn AuditedTrace>],
+    time: u64,
+    forgotten: &[UserId],
+) -> Audit {
+    for trace in traces.iter_mut() {
+        trace.compact_to(time);
+    }
+    let count = |traces: &mut [Box<dyn AuditedTrace>]| {
+        traces
+            .iter_mut()
+            .map(|t| t.records_of(forgotten))
+            .sum::<usize>()
+    };
+    let mut residual = count(traces);
+    let mut rounds = 0;
+    while residual > 0 && rounds < 10_000 {
+        for _ in 0..16 {
+            worker.step();
+        }
+        residual = count(traces);
+        rounds += 1;
+    }
+    Audit {
+        traces: traces.len(),
+        users: forgotten.len(),
+        residual_records: residual,
+    }
+}
+
+/// The cluster shape: threads per process, and the processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Worker threads per process.
+    pub threads: usize,
+    /// This process's index.
+    pub process: usize,
+    /// Addresses (`host:port`) of all processes, in process order; empty for one process.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// One process with `threads` workers.
+    pub fn local(threads: usize) -> Cluster {
+        Cluster {
+            threads: threads.max(1),
+            process: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    /// Total workers.
+    pub fn peers(&self) -> usize {
+        self.threads * self.addresses.len().max(1)
+    }
+
+    /// Global indices of this process's workers.
+    pub fn local_workers(&self) -> std::ops::Range<usize> {
+        self.process * self.threads..(self.process + 1) * self.threads
+    }
+
+    fn timely_config(&self) -> timely::Config {
+        let communication = if self.addresses.len() > 1 {
+            timely::CommunicationConfig::Cluster {
+                threads: self.threads,
+                process: self.process,
+                addresses: self.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            }
+        } else {
+            timely::CommunicationConfig::Process(self.threads)
+        };
+        let mut worker = timely::WorkerConfig::default();
+        differential_dataflow::configure(
+            &mut worker,
+            &differential_dataflow::Config::default().idle_merge_effort(Some(1_000)),
+        );
+        timely::Config {
+            communication,
+            worker,
+        }
+    }
+}
+
+/// Running dataflow workers fed by this thread: send epochs, optionally wait until the views
+/// reflect them, and finish with a snapshot.
+pub struct Runner {
+    senders: Vec<SyncSender<Msg>>,
+    acks: Receiver<usize>,
+    guards: timely::communication::WorkerGuards<WorkerResult>,
+    cluster: Cluster,
+}
+
+/// The end of a run: the snapshot (on process 0) and the forget audit of this process.
+pub struct Finished {
+    /// The snapshot at the as-of time; `None` on processes other than 0.
+    pub snapshot: Option<Snapshot>,
+    /// The audit, summed over this process's workers.
+    pub audit: Audit,
+}
+
+impl Runner {
+    /// Starts the workers of this process. In a cluster this returns once all peers connected.
+    pub fn start(cluster: Cluster, views: ViewConfig) -> Result<Runner, RuntimeError> {
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..cluster.threads {
+            let (sender, receiver) = sync_channel(2 * MAX_LAG);
+            senders.push(sender);
+            receivers.push(Some(receiver));
+        }
+        let receivers = Arc::new(Mutex::new(receivers));
+        let (ack_sender, acks) = sync_channel(cluster.threads);
+        let threads = cluster.threads;
+        let views = Arc::new(views);
+        let guards = timely::execute(cluster.timely_config(), move |worker| {
+            let local = worker.index() % threads;
+            let receiver = receivers
+                .lock()
+                .map(|mut r| r[local].take())
+                .ok()
+                .flatten()
+                .expect("each worker takes its own receiver once");
+            run_worker(worker, &views, receiver, ack_sender.clone())
+        })
+        .map_err(RuntimeError::Start)?;
+        Ok(Runner {
+            senders,
+            acks,
+            guards,
+            cluster,
+        })
+    }
+
+    /// The cluster this runner is part of.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    fn send_epoch(&self, epoch: Epoch, sync: bool) -> Result<(), RuntimeError> {
+        let mut shards = epoch.shards;
+        for (local, global) in self.cluster.local_workers().enumerate() {
+            let updates = shards.get_mut(global).map(std::mem::take).unwrap_or_default();
+            self.senders[local]
+                .send(Msg::Epoch {
+                    time: epoch.time,
+                    updates,
+                    sync,
+                })
+                .map_err(|_| RuntimeError::Disconnected)?;
+        }
+        if sync {
+            self.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Hands an epoch to the workers without waiting.
+    pub fn send(&self, epoch: Epoch) -> Result<(), RuntimeError> {
+        self.send_epoch(epoch, false)
+    }
+
+    /// Hands an epoch to the workers and waits until every view reflects it.
+    pub fn sync(&self, epoch: Epoch) -> Result<(), RuntimeError> {
+        self.send_epoch(epoch, true)
+    }
+
+    fn wait(&self) -> Result<(), RuntimeError> {
+        for _ in 0..self.cluster.threads {
+            self.acks.recv().map_err(|_| RuntimeError::Disconnected)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream at `as_of`, audits for `forgotten` users, and returns the snapshot.
+    pub fn finish(self, as_of: Time, forgotten: Vec<UserId>) -> Result<Finished, RuntimeError> {
+        let forgotten = Arc::new(forgotten);
+        let as_of = as_of.max(0) as u64;
+        for sender in &self.senders {
+            sender
+                .send(Msg::End {
+                    as_of,
+                    forgotten: forgotten.clone(),
+                })
+                .map_err(|_| RuntimeError::Disconnected)?;
+        }
+        self.wait()?;
+        drop(self.senders);
+        let mut finished = Finished {
+            snapshot: None,
+            audit: Audit::default(),
+        };
+        for result in self.guards.join() {
+            let result = result.map_err(RuntimeError::Worker)?;
+            finished.audit.traces += result.audit.traces;
+            finished.audit.users = result.audit.users;
+            finished.audit.residual_records += result.audit.residual_records;
+            if result.snapshot.is_some() {
+                finished.snapshot = result.snapshot;
+            }
+        }
+        Ok(finished)
+    }
+}

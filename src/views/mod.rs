@@ -1,0 +1,50 @@
+//! The views: public functions from differential collections of [`Event`]s to collections of
+//! results, usable inside any `worker.dataflow(...)`. The `behave` CLI is a thin layer over them.
+//!
+//! Each view exists in two forms: a plain one taking and returning [`VecCollection`]s, and an
+//! `_arranged` one taking shared arrangements (so several views reuse one index) and returning
+//! the arrangement of its output, whose trace the runtime audits after forget requests.
+//!
+//! [`Event`]: crate::event::Event
+
+pub mod engagement;
+pub mod sessions;
+
+pub use engagement::{engagement, engagement_arranged, Engagement};
+pub use sessions::{sessions, sessions_arranged, Session};
+
+use crate::event::{Event, Time, UserId};
+use differential_dataflow::lattice::Lattice;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::VecCollection;
+use timely::progress::Timestamp;
+
+/// The diff type of every behave collection: multiplicities.
+pub type Diff = isize;
+
+/// An arrangement keyed by `K` with values `V`, shareable between views.
+pub type ArrangedBy<'s, K, V, T> = Arranged<'s, TraceAgent<ValSpine<K, V, T, Diff>>>;
+
+/// Each user's event times, arranged by user: the shared index of sessions and engagement.
+pub type UserTimes<'s, T> = ArrangedBy<'s, UserId, Time, T>;
+
+/// Arranges each user's event times by user, once, for every view that reads them.
+pub fn user_times<'s, T>(events: VecCollection<'s, T, Event, Diff>) -> UserTimes<'s, T>
+where
+    T: Timestamp + Lattice,
+{
+    events
+        .map(|event| (event.user, event.time))
+        .arrange_by_key_named("UserTimes")
+}
+
+/// Reads an arrangement back as a collection of `(key, value)` pairs.
+pub fn flatten<'s, K, V, T>(arranged: ArrangedBy<'s, K, V, T>) -> VecCollection<'s, T, (K, V), Diff>
+where
+    T: Timestamp + Lattice,
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    V: differential_dataflow::ExchangeData,
+{
+    arranged.as_collection(|k: &K, v: &V| (k.clone(), v.clone()))
+}
