@@ -240,7 +240,7 @@ pub struct Ingestor {
     counts: Counts,
     rejections: Vec<Rejection>,
     epoch: Option<Epoch>,
-    released: Option<Time>,
+    clock: Option<Time>,
 }
 
 impl Ingestor {
@@ -259,7 +259,7 @@ impl Ingestor {
             counts: Counts::default(),
             rejections: Vec::new(),
             epoch: None,
-            released: None,
+            clock: None,
         }
     }
 
@@ -320,6 +320,7 @@ impl Ingestor {
         emit: &mut dyn FnMut(Epoch),
     ) -> Option<(Reason, String)> {
         self.counts.read += 1;
+        self.observe(event.time);
         if self.identities.is_forgotten(event.user) {
             self.reject(line, Reason::Forgotten, String::new(), String::new());
             return None;
@@ -412,12 +413,18 @@ impl Ingestor {
         for event in records.events {
             self.push(request.time, shard, (event, -1), emit);
         }
-        self.released = Some(self.released.map_or(request.time, |r| r.max(request.time)));
+        self.observe(request.time);
+    }
+
+    /// Advances the stream clock, from which the as-of time of the final snapshot comes: the
+    /// latest time of any valid event row (a forgotten user's included: time passes whoever
+    /// sends the events) or forget request.
+    fn observe(&mut self, time: Time) {
+        self.clock = Some(self.clock.map_or(time, |c| c.max(time)));
     }
 
     /// Makes sure the current epoch is the one of `time`, emitting the previous one.
     fn advance_epoch(&mut self, time: Time, emit: &mut dyn FnMut(Epoch)) {
-        self.released = Some(self.released.map_or(time, |r| r.max(time)));
         let epoch = self.routing.epoch(time);
         match &self.epoch {
             Some(current) if current.time == epoch => {}
@@ -441,11 +448,11 @@ impl Ingestor {
     }
 
     /// Ends the stream: releases everything buffered and every remaining forget request,
-    /// and emits the last epoch at the as-of time, which it returns: the latest time released,
-    /// or `as_of` if that is later.
+    /// and emits the last epoch at the as-of time, which it returns: the stream clock (see
+    /// [`Ingestor::observe`]), or `as_of` if that is later.
     pub fn finish(&mut self, as_of: Option<Time>, emit: &mut dyn FnMut(Epoch)) -> Option<Time> {
         self.release(Time::MAX, emit);
-        let as_of = match (self.released, as_of) {
+        let as_of = match (self.clock, as_of) {
             (Some(r), Some(a)) => Some(r.max(a)),
             (r, a) => r.or(a),
         };
