@@ -65,8 +65,9 @@ pub struct ReplayArgs {
 }
 
 fn parse_as_of(text: &str) -> Result<i64, String> {
-    crate::time::parse_time(text)
-        .ok_or_else(|| format!("\"{text}\" is not RFC 3339, \"YYYY-MM-DD HH:MM:SS\" or unix seconds"))
+    crate::time::parse_time(text).ok_or_else(|| {
+        format!("\"{text}\" is not RFC 3339, \"YYYY-MM-DD HH:MM:SS\" or unix seconds")
+    })
 }
 
 /// Why cluster flags are unusable.
@@ -97,7 +98,11 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<String>, ClusterError> {
         if line.is_empty() {
             continue;
         }
-        if line.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if line
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(ClusterError::Flags(format!(
                 "{}: line {}: expected host:port, found \"{line}\"",
                 path.display(),

@@ -35,7 +35,9 @@ pub enum IngestError {
         path: PathBuf,
     },
     /// The header row lacks a column the spec maps.
-    #[error("{path}: line 1: header has no column \"{column}\" (mapped by `{key}`); found: {found}")]
+    #[error(
+        "{path}: line 1: header has no column \"{column}\" (mapped by `{key}`); found: {found}"
+    )]
     MissingColumn {
         /// The file.
         path: PathBuf,
@@ -341,7 +343,11 @@ impl Ingestor {
                 self.counts.duplicates += 1;
                 return None;
             }
-            self.users.entry(event.user).or_default().ids.push(id.into());
+            self.users
+                .entry(event.user)
+                .or_default()
+                .ids
+                .push(id.into());
         }
         self.watermark = Some(self.watermark.map_or(event.time, |w| w.max(event.time)));
         self.seq += 1;
@@ -440,7 +446,13 @@ impl Ingestor {
         }
     }
 
-    fn push(&mut self, time: Time, shard: usize, update: (Event, isize), emit: &mut dyn FnMut(Epoch)) {
+    fn push(
+        &mut self,
+        time: Time,
+        shard: usize,
+        update: (Event, isize),
+        emit: &mut dyn FnMut(Epoch),
+    ) {
         self.advance_epoch(time, emit);
         if let Some(epoch) = &mut self.epoch {
             epoch.shards[shard].push(update);
@@ -449,7 +461,7 @@ impl Ingestor {
 
     /// Ends the stream: releases everything buffered and every remaining forget request,
     /// and emits the last epoch at the as-of time, which it returns: the stream clock (see
-    /// [`Ingestor::observe`]), or `as_of` if that is later.
+    /// `Ingestor::observe`), or `as_of` if that is later.
     pub fn finish(&mut self, as_of: Option<Time>, emit: &mut dyn FnMut(Epoch)) -> Option<Time> {
         self.release(Time::MAX, emit);
         let as_of = match (self.clock, as_of) {
@@ -508,9 +520,7 @@ fn validate<'a>(
     let time = parse_time(time_text).ok_or_else(|| {
         (
             Reason::BadTime,
-            format!(
-                "\"{time_text}\" is not RFC 3339, \"YYYY-MM-DD HH:MM:SS\" or unix seconds"
-            ),
+            format!("\"{time_text}\" is not RFC 3339, \"YYYY-MM-DD HH:MM:SS\" or unix seconds"),
         )
     })?;
     if time < 0 {
@@ -564,9 +574,7 @@ impl Names {
     /// Records a name.
     pub fn note(&mut self, name: &str) {
         let sym = Sym::of(name);
-        if !self.names.contains_key(&sym) {
-            self.names.insert(sym, name.to_string());
-        }
+        self.names.entry(sym).or_insert_with(|| name.to_string());
     }
 
     /// The name of a symbol, or its hash in hex when unknown.
@@ -621,7 +629,11 @@ pub fn ingest(
 ) -> Result<IngestReport, IngestError> {
     let input = options.input;
     let identities = Identities::new(options.key, options.reveal);
-    let mut ingestor = Ingestor::new(identities, options.routing.clone(), input.allowed_lateness.0);
+    let mut ingestor = Ingestor::new(
+        identities,
+        options.routing.clone(),
+        input.allowed_lateness.0,
+    );
     let mut names = Names::default();
     if let Some(path) = options.forget {
         let requests = read_forgets(path, &mut ingestor)?;
@@ -629,17 +641,29 @@ pub fn ingest(
     }
     let mut progress = options.progress.take();
     let mut tick = |read: u64| {
-        if read % 65_536 == 0 {
+        if read.is_multiple_of(65_536) {
             if let Some(progress) = progress.as_mut() {
                 progress(read);
             }
         }
     };
     match input.format {
-        Format::Csv => read_csv(input, options.events, &mut ingestor, &mut names, emit, &mut tick)?,
-        Format::Jsonl => {
-            read_jsonl(input, options.events, &mut ingestor, &mut names, emit, &mut tick)?
-        }
+        Format::Csv => read_csv(
+            input,
+            options.events,
+            &mut ingestor,
+            &mut names,
+            emit,
+            &mut tick,
+        )?,
+        Format::Jsonl => read_jsonl(
+            input,
+            options.events,
+            &mut ingestor,
+            &mut names,
+            emit,
+            &mut tick,
+        )?,
     }
     let as_of = ingestor.finish(options.as_of, emit);
     let rejections = std::mem::take(&mut ingestor.rejections);
@@ -662,7 +686,11 @@ fn open(path: &Path) -> Result<File, IngestError> {
     })
 }
 
-fn csv_layout(input: &InputSpec, path: &Path, header: &csv::StringRecord) -> Result<Layout, IngestError> {
+fn csv_layout(
+    input: &InputSpec,
+    path: &Path,
+    header: &csv::StringRecord,
+) -> Result<Layout, IngestError> {
     let find = |key: &str, column: &str| -> Result<usize, IngestError> {
         header
             .iter()
@@ -860,7 +888,9 @@ fn redact_csv(
     // Writing to memory cannot fail.
     let _ = writer.write_record(&fields);
     let bytes = writer.into_inner().unwrap_or_default();
-    String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_string()
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\n')
+        .to_string()
 }
 
 fn json_text(value: Option<&serde_json::Value>) -> Option<std::borrow::Cow<'_, str>> {
@@ -942,7 +972,11 @@ fn read_jsonl(
         progress(ingestor.counts.read + 1);
         if text.len() > input.max_row_bytes {
             ingestor.counts.read += 1;
-            let detail = format!("{} bytes exceed max_row_bytes {}", text.len(), input.max_row_bytes);
+            let detail = format!(
+                "{} bytes exceed max_row_bytes {}",
+                text.len(),
+                input.max_row_bytes
+            );
             ingestor.reject(line, Reason::TooLong, detail, String::new());
             continue;
         }
@@ -976,12 +1010,22 @@ fn json_row(
         Ok(serde_json::Value::Object(object)) => object,
         Ok(_) => {
             ingestor.counts.read += 1;
-            ingestor.reject(line, Reason::Malformed, "expected a JSON object".into(), String::new());
+            ingestor.reject(
+                line,
+                Reason::Malformed,
+                "expected a JSON object".into(),
+                String::new(),
+            );
             return;
         }
         Err(e) => {
             ingestor.counts.read += 1;
-            ingestor.reject(line, Reason::Malformed, format!("invalid JSON: {e}"), String::new());
+            ingestor.reject(
+                line,
+                Reason::Malformed,
+                format!("invalid JSON: {e}"),
+                String::new(),
+            );
             return;
         }
     };
@@ -1085,14 +1129,20 @@ fn read_forgets(path: &Path, ingestor: &mut Ingestor) -> Result<Vec<ForgetReques
             Ok(true) => {
                 line = record.position().map_or(line + 1, |p| p.line());
                 if record.len() != header.len() {
-                    let detail = format!("expected {} fields, found {}", header.len(), record.len());
+                    let detail =
+                        format!("expected {} fields, found {}", header.len(), record.len());
                     reject(ingestor, line, Reason::Malformed, detail);
                     continue;
                 }
                 let user = record[user_at].trim();
                 let time_text = record[time_at].trim();
                 if user.is_empty() {
-                    reject(ingestor, line, Reason::EmptyUser, "the user id is empty".into());
+                    reject(
+                        ingestor,
+                        line,
+                        Reason::EmptyUser,
+                        "the user id is empty".into(),
+                    );
                     continue;
                 }
                 match parse_time(time_text) {

@@ -265,10 +265,7 @@ impl Summary {
         );
         line(
             "time",
-            format!(
-                "{:.3} s, {:.0} events/s",
-                self.elapsed_s, self.events_per_s
-            ),
+            format!("{:.3} s, {:.0} events/s", self.elapsed_s, self.events_per_s),
         );
         line("pseudonym key", self.key_source.clone());
         line("files", self.files.join(", "));

@@ -82,7 +82,10 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
     let start = Instant::now();
     let spec = &options.spec;
     let (key, key_source) = load_key(&spec.input)?;
-    let events = options.events.clone().unwrap_or_else(|| spec.input.events.clone());
+    let events = options
+        .events
+        .clone()
+        .unwrap_or_else(|| spec.input.events.clone());
     let forget = options.forget.clone().or_else(|| spec.input.forget.clone());
     // Check the files before starting workers, so a bad path fails fast and alone.
     for path in std::iter::once(&events).chain(forget.as_ref()) {

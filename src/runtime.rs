@@ -7,10 +7,10 @@ use crate::ingest::Epoch;
 use crate::spec::Spec;
 use crate::views::{self, Diff, Engagement, Session};
 use differential_dataflow::input::InputSession;
+use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
-use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -89,8 +89,10 @@ impl<V: differential_dataflow::ExchangeData> AuditedTrace for UserKeyed<V> {
 
     fn compact_to(&mut self, time: u64) {
         let frontier = [time];
-        self.trace.set_logical_compaction(AntichainRef::new(&frontier));
-        self.trace.set_physical_compaction(AntichainRef::new(&frontier));
+        self.trace
+            .set_logical_compaction(AntichainRef::new(&frontier));
+        self.trace
+            .set_physical_compaction(AntichainRef::new(&frontier));
     }
 
     fn records_of(&mut self, users: &[UserId]) -> usize {
@@ -116,7 +118,10 @@ impl<V: differential_dataflow::ExchangeData> AuditedTrace for UserKeyed<V> {
 pub fn build_views<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     config: &ViewConfig,
-) -> (VecCollection<'s, u64, Row, Diff>, Vec<Box<dyn AuditedTrace>>) {
+) -> (
+    VecCollection<'s, u64, Row, Diff>,
+    Vec<Box<dyn AuditedTrace>>,
+) {
     let times = views::user_times(events.clone());
     let mut audited: Vec<Box<dyn AuditedTrace>> = vec![Box::new(UserKeyed {
         name: "user_times".into(),
@@ -449,7 +454,10 @@ impl Runner {
     fn send_epoch(&self, epoch: Epoch, sync: bool) -> Result<(), RuntimeError> {
         let mut shards = epoch.shards;
         for (local, global) in self.cluster.local_workers().enumerate() {
-            let updates = shards.get_mut(global).map(std::mem::take).unwrap_or_default();
+            let updates = shards
+                .get_mut(global)
+                .map(std::mem::take)
+                .unwrap_or_default();
             self.senders[local]
                 .send(Msg::Epoch {
                     time: epoch.time,

@@ -269,10 +269,7 @@ impl Spec {
         if input.delimiter.len() != 1 || !input.delimiter.is_ascii() {
             return Err(invalid(
                 "input.delimiter",
-                format!(
-                    "expected one ASCII character, found {:?}",
-                    input.delimiter
-                ),
+                format!("expected one ASCII character, found {:?}", input.delimiter),
             ));
         }
         if self.tick.0 < 1 {
@@ -328,7 +325,11 @@ impl InputSpec {
             ("input.time".to_string(), self.time.clone()),
             ("input.event".to_string(), self.event.clone()),
         ];
-        for (key, column) in [("item", &self.item), ("id", &self.id), ("value", &self.value)] {
+        for (key, column) in [
+            ("item", &self.item),
+            ("id", &self.id),
+            ("value", &self.value),
+        ] {
             if let Some(column) = column {
                 columns.push((format!("input.{key}"), column.clone()));
             }

@@ -12,7 +12,12 @@ const VIEW_FILES: [&str; 3] = ["sessions.csv", "engagement.csv", "rejected.csv"]
 fn replay(out: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(common::behave_bin());
     command
-        .args(["replay", "dataflows/learning.toml", "--out", out.to_str().unwrap()])
+        .args([
+            "replay",
+            "dataflows/learning.toml",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("BEHAVE_KEY");
@@ -39,7 +44,10 @@ fn threads_and_processes_give_identical_snapshots() {
     let one = common::temp_dir();
     let three = common::temp_dir();
     assert!(replay(one.path(), &["-w", "1"]).status().unwrap().success());
-    assert!(replay(three.path(), &["-w", "3"]).status().unwrap().success());
+    assert!(replay(three.path(), &["-w", "3"])
+        .status()
+        .unwrap()
+        .success());
     let reference = files(one.path());
     assert!(reference[0].lines().count() > 1);
     assert_eq!(reference, files(three.path()));
@@ -56,7 +64,16 @@ fn threads_and_processes_give_identical_snapshots() {
         .map(|p| {
             replay(
                 &out,
-                &["-w", "2", "-n", "2", "-p", &p.to_string(), "-h", hostfile.to_str().unwrap()],
+                &[
+                    "-w",
+                    "2",
+                    "-n",
+                    "2",
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                    hostfile.to_str().unwrap(),
+                ],
             )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -66,7 +83,11 @@ fn threads_and_processes_give_identical_snapshots() {
         .collect();
     for child in children {
         let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     assert_eq!(reference, files(&out));
 }
@@ -80,7 +101,16 @@ fn a_missing_peer_fails_in_bounded_time_naming_it() {
     let start = Instant::now();
     let output = replay(
         &dir.path().join("out"),
-        &["-n", "2", "-p", "1", "-h", hostfile.to_str().unwrap(), "--connect-timeout", "2"],
+        &[
+            "-n",
+            "2",
+            "-p",
+            "1",
+            "-h",
+            hostfile.to_str().unwrap(),
+            "--connect-timeout",
+            "2",
+        ],
     )
     .stdout(Stdio::null())
     .output()

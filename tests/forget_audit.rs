@@ -22,7 +22,9 @@ fn epoch(time: u64, peers: usize, updates: Vec<(Event, isize)>) -> Epoch {
 }
 
 fn history(user: u64) -> Vec<Event> {
-    (0..20).map(|i| Event::new(UserId(user), 1_000 + i * 700, "view")).collect()
+    (0..20)
+        .map(|i| Event::new(UserId(user), 1_000 + i * 700, "view"))
+        .collect()
 }
 
 fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> usize {
@@ -43,7 +45,9 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> usize {
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {
         snapshot.keys().any(|row| match row {
-            behave::runtime::Row::Session(u, _) | behave::runtime::Row::Engagement(u, _) => u.0 == user,
+            behave::runtime::Row::Session(u, _) | behave::runtime::Row::Engagement(u, _) => {
+                u.0 == user
+            }
         })
     };
     for user in 1..=5 {

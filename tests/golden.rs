@@ -22,13 +22,28 @@ fn read(path: &Path) -> String {
 fn learning_fixture_matches_expected_outputs() {
     let out = common::temp_dir();
     let out_dir = out.path().to_str().unwrap();
-    let result = run_cli(&["replay", "dataflows/learning.toml", "--out", out_dir, "--reveal-ids"]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = run_cli(&[
+        "replay",
+        "dataflows/learning.toml",
+        "--out",
+        out_dir,
+        "--reveal-ids",
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let expected = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/learning/expected");
     for file in ["sessions.csv", "engagement.csv", "rejected.csv"] {
-        assert_eq!(read(&out.path().join(file)), read(&expected.join(file)), "{file}");
+        assert_eq!(
+            read(&out.path().join(file)),
+            read(&expected.join(file)),
+            "{file}"
+        );
     }
-    let summary: serde_json::Value = serde_json::from_str(&read(&out.path().join("summary.json"))).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.path().join("summary.json"))).unwrap();
     for (key, value) in [
         ("read", 23),
         ("accepted", 15),
@@ -45,7 +60,10 @@ fn learning_fixture_matches_expected_outputs() {
     assert_eq!(summary["as_of"], "2024-01-10T10:30:00Z");
     assert_eq!(summary["forget_audit"]["residual_records"], 0);
     let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(stdout.contains("23 = 15 accepted + 1 duplicates + 7 rejected"), "{stdout}");
+    assert!(
+        stdout.contains("23 = 15 accepted + 1 duplicates + 7 rejected"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -53,17 +71,31 @@ fn pseudonymized_output_holds_no_raw_ids_or_pii() {
     let out = common::temp_dir();
     let out_dir = out.path().to_str().unwrap();
     let result = run_cli(&["replay", "dataflows/learning.toml", "--out", out_dir]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let sessions = read(&out.path().join("sessions.csv"));
     assert_eq!(sessions.lines().count(), 9, "{sessions}");
     for entry in std::fs::read_dir(out.path()).unwrap() {
         let text = read(&entry.unwrap().path());
         for secret in ["alice", "bob", "carol", "dave", "zoe", "@example.com"] {
-            assert!(!text.contains(secret), "{secret} leaked into output:\n{text}");
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into output:\n{text}"
+            );
         }
     }
     // Pseudonyms are 16 hex digits, and the same user keeps the same pseudonym across views.
-    let first = sessions.lines().nth(1).unwrap().split(',').next().unwrap().to_string();
+    let first = sessions
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(first.len(), 16);
     assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
     assert!(read(&out.path().join("engagement.csv")).contains(&first));
@@ -76,7 +108,12 @@ fn another_key_gives_other_pseudonyms() {
     let run_with = |dir: &Path, key: Option<&str>| {
         let mut command = Command::new(common::behave_bin());
         command
-            .args(["replay", "dataflows/learning.toml", "--out", dir.to_str().unwrap()])
+            .args([
+                "replay",
+                "dataflows/learning.toml",
+                "--out",
+                dir.to_str().unwrap(),
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_remove("BEHAVE_KEY");
         if let Some(key) = key {

@@ -17,7 +17,8 @@ fn arb_stream() -> impl Strategy<Value = (Vec<RawEvent>, Vec<(String, i64)>)> {
         time: START + offset - offset % 600,
         kind: ["view", "click", "buy"][kind as usize].to_string(),
     });
-    let forget = (0u8..8, 0i64..(12 * DAY)).prop_map(|(user, offset)| (format!("u{user}"), START + offset));
+    let forget =
+        (0u8..8, 0i64..(12 * DAY)).prop_map(|(user, offset)| (format!("u{user}"), START + offset));
     (
         proptest::collection::vec(event, 0..60),
         proptest::collection::vec(forget, 0..3),
@@ -102,9 +103,23 @@ fn worker_count_does_not_change_output() {
     let path = dir.path().join("events.csv");
     let forget = dir.path().join("forget.csv");
     write_events(&path, &events);
-    write_forgets(&forget, &[("user3".into(), START + 5 * DAY), ("user30".into(), START + 15 * DAY)]);
-    let one = run(spec_for(&path, Some(&forget), "30m", "1h", "10000d"), 1, None);
-    let four = run(spec_for(&path, Some(&forget), "30m", "1h", "10000d"), 4, None);
+    write_forgets(
+        &forget,
+        &[
+            ("user3".into(), START + 5 * DAY),
+            ("user30".into(), START + 15 * DAY),
+        ],
+    );
+    let one = run(
+        spec_for(&path, Some(&forget), "30m", "1h", "10000d"),
+        1,
+        None,
+    );
+    let four = run(
+        spec_for(&path, Some(&forget), "30m", "1h", "10000d"),
+        4,
+        None,
+    );
     assert!(!table(&one, "sessions").is_empty());
     assert_eq!(one.tables, four.tables);
     assert_eq!(one.summary.retracted_events, four.summary.retracted_events);

@@ -48,12 +48,19 @@ fn session_row(user: &str, start: i64, end: i64, count: u64) -> Vec<String> {
 }
 
 /// The plain definition of engagement, formatted like `engagement.csv`.
-pub fn oracle_engagement(events: &[RawEvent], gap: i64, offset: i64, as_of: i64) -> Vec<Vec<String>> {
+pub fn oracle_engagement(
+    events: &[RawEvent],
+    gap: i64,
+    offset: i64,
+    as_of: i64,
+) -> Vec<Vec<String>> {
     let sessions = oracle_sessions(events, gap);
     let mut rows = Vec::new();
     for (user, times) in times_by_user(events) {
-        let days: std::collections::BTreeSet<i64> =
-            times.iter().map(|t| (t + offset).div_euclid(86_400)).collect();
+        let days: std::collections::BTreeSet<i64> = times
+            .iter()
+            .map(|t| (t + offset).div_euclid(86_400))
+            .collect();
         let first = times[0];
         let last = *times.last().unwrap();
         rows.push(vec![
@@ -100,7 +107,13 @@ pub fn write_forgets(path: &Path, forgets: &[(String, i64)]) {
 }
 
 /// A spec over `events` (and `forget`) with sessions and engagement.
-pub fn spec_for(events: &Path, forget: Option<&Path>, gap: &str, tick: &str, lateness: &str) -> Spec {
+pub fn spec_for(
+    events: &Path,
+    forget: Option<&Path>,
+    gap: &str,
+    tick: &str,
+    lateness: &str,
+) -> Spec {
     let forget = forget
         .map(|f| format!("forget = {:?}\n", f.display().to_string()))
         .unwrap_or_default();
