@@ -135,6 +135,15 @@ pub struct Rejection {
     pub detail: String,
     /// The redacted raw row.
     pub raw: String,
+    /// The row's pseudonymous user, when known: if they are forgotten later, `raw` is erased.
+    pub user: Option<UserId>,
+}
+
+/// A redacted raw row and the pseudonym of its user, if the row named one.
+#[derive(Clone, Debug, Default)]
+pub struct Redacted {
+    text: String,
+    user: Option<UserId>,
 }
 
 /// The ingestion counts.
@@ -281,12 +290,13 @@ impl Ingestor {
         &self.rejections
     }
 
-    /// The pseudonym of a raw id (for redacting rejected rows).
-    fn display_user(&mut self, raw: &str) -> String {
+    /// The pseudonym of a raw id and how it is shown in rejected rows: the raw id itself only
+    /// when revealing (and never for a forgotten user).
+    fn display_user(&mut self, raw: &str) -> (UserId, String) {
         let user = self.identities.pseudonym(raw);
         match self.identities.reveal_map() {
-            Some(_) => raw.to_string(),
-            None => user.to_string(),
+            Some(map) if map.contains_key(&user) => (user, raw.to_string()),
+            _ => (user, user.to_string()),
         }
     }
 
@@ -297,7 +307,12 @@ impl Ingestor {
     }
 
     /// Counts a rejected event row.
-    fn reject(&mut self, line: u64, reason: Reason, detail: String, raw: String) {
+    fn reject(&mut self, line: u64, reason: Reason, detail: String, raw: Redacted) {
+        // Nothing of a forgotten user's rows is kept, not even pseudonymized.
+        let raw = match raw.user {
+            Some(user) if self.identities.is_forgotten(user) => Redacted::default(),
+            _ => raw,
+        };
         self.counts.rejected += 1;
         match reason {
             Reason::Late => self.counts.late += 1,
@@ -309,7 +324,8 @@ impl Ingestor {
             line,
             reason,
             detail,
-            raw,
+            raw: raw.text,
+            user: raw.user,
         });
     }
 
@@ -324,7 +340,7 @@ impl Ingestor {
         self.counts.read += 1;
         self.observe(event.time);
         if self.identities.is_forgotten(event.user) {
-            self.reject(line, Reason::Forgotten, String::new(), String::new());
+            self.reject(line, Reason::Forgotten, String::new(), Redacted::default());
             return None;
         }
         if let Some(watermark) = self.watermark {
@@ -382,7 +398,7 @@ impl Ingestor {
     fn release_event(&mut self, line: u64, event: Event, emit: &mut dyn FnMut(Epoch)) {
         if self.identities.is_forgotten(event.user) {
             // Read before its user's forget request was released: never enters the dataflow.
-            self.reject(line, Reason::Forgotten, String::new(), String::new());
+            self.reject(line, Reason::Forgotten, String::new(), Redacted::default());
             return;
         }
         self.counts.accepted += 1;
@@ -405,6 +421,9 @@ impl Ingestor {
         let request = self.forgets.pop_front().expect("peeked");
         let user = self.identities.forget(&request.raw);
         let records = self.users.remove(&user).unwrap_or_default();
+        for rejection in self.rejections.iter_mut().filter(|r| r.user == Some(user)) {
+            rejection.raw.clear();
+        }
         for id in &records.ids {
             self.dedup.remove(id);
         }
@@ -762,8 +781,16 @@ fn read_csv(
             Ok(false) => break,
             Ok(true) => {
                 line = record.position().map_or(line + 1, |p| p.line());
+                // The whole row's bytes, delimiters, quotes and line end included.
+                let start = record.position().map_or(0, |p| p.byte());
+                let length = reader.position().byte().saturating_sub(start);
                 progress(ingestor.counts.read + 1);
-                csv_row(input, &layout, line, &record, ingestor, names, emit);
+                let row = CsvRow {
+                    line,
+                    length: length as usize,
+                    record: &record,
+                };
+                csv_row(input, &layout, row, ingestor, names, emit);
             }
             Err(error) => {
                 line = error.position().map_or(line + 1, |p| p.line());
@@ -777,7 +804,12 @@ fn read_csv(
                     }
                     _ => {
                         ingestor.counts.read += 1;
-                        ingestor.reject(line, Reason::Malformed, error.to_string(), String::new());
+                        ingestor.reject(
+                            line,
+                            Reason::Malformed,
+                            error.to_string(),
+                            Redacted::default(),
+                        );
                     }
                 }
             }
@@ -786,40 +818,51 @@ fn read_csv(
     Ok(())
 }
 
+/// One CSV record with its line number and its length in bytes.
+struct CsvRow<'a> {
+    line: u64,
+    length: usize,
+    record: &'a csv::ByteRecord,
+}
+
 fn csv_row(
     input: &InputSpec,
     layout: &Layout,
-    line: u64,
-    record: &csv::ByteRecord,
+    row: CsvRow<'_>,
     ingestor: &mut Ingestor,
     names: &mut Names,
     emit: &mut dyn FnMut(Epoch),
 ) {
+    let CsvRow {
+        line,
+        length,
+        record,
+    } = row;
     let redacted = |ingestor: &mut Ingestor, record: &csv::ByteRecord| {
         redact_csv(input, layout, record, ingestor)
     };
-    if record.as_slice().len() > input.max_row_bytes {
+    if length > input.max_row_bytes {
         ingestor.counts.read += 1;
         let detail = format!(
-            "{} bytes exceed max_row_bytes {}",
-            record.as_slice().len(),
+            "{length} bytes exceed max_row_bytes {}",
             input.max_row_bytes
         );
-        ingestor.reject(line, Reason::TooLong, detail, String::new());
+        ingestor.reject(line, Reason::TooLong, detail, Redacted::default());
         return;
     }
     if record.len() != layout.width {
+        // Fields cannot be told apart in a row of the wrong width: keep none of them, so no
+        // shifted PII or raw id can be written.
         ingestor.counts.read += 1;
         let detail = format!("expected {} fields, found {}", layout.width, record.len());
-        let raw = redacted(ingestor, record);
-        ingestor.reject(line, Reason::Malformed, detail, raw);
+        ingestor.reject(line, Reason::Malformed, detail, Redacted::default());
         return;
     }
     let text = |i: usize| record.get(i).and_then(|b| std::str::from_utf8(b).ok());
     if let Some(bad) = (0..record.len()).find(|&i| text(i).is_none()) {
         ingestor.counts.read += 1;
         let detail = format!("field {} is not valid UTF-8", bad + 1);
-        ingestor.reject(line, Reason::Malformed, detail, String::new());
+        ingestor.reject(line, Reason::Malformed, detail, Redacted::default());
         return;
     }
     let fields = Fields {
@@ -866,7 +909,8 @@ fn redact_csv(
     layout: &Layout,
     record: &csv::ByteRecord,
     ingestor: &mut Ingestor,
-) -> String {
+) -> Redacted {
+    let mut pseudonym = None;
     let mut fields: Vec<String> = record
         .iter()
         .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -878,7 +922,9 @@ fn redact_csv(
     }
     if let Some(user) = fields.get_mut(layout.user) {
         if !user.trim().is_empty() {
-            *user = ingestor.display_user(user.trim());
+            let (id, shown) = ingestor.display_user(user.trim());
+            pseudonym = Some(id);
+            *user = shown;
         }
     }
     let mut writer = csv::WriterBuilder::new()
@@ -888,9 +934,12 @@ fn redact_csv(
     // Writing to memory cannot fail.
     let _ = writer.write_record(&fields);
     let bytes = writer.into_inner().unwrap_or_default();
-    String::from_utf8_lossy(&bytes)
-        .trim_end_matches('\n')
-        .to_string()
+    Redacted {
+        text: String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\n')
+            .to_string(),
+        user: pseudonym,
+    }
 }
 
 fn json_text(value: Option<&serde_json::Value>) -> Option<std::borrow::Cow<'_, str>> {
@@ -962,7 +1011,7 @@ fn read_jsonl(
                 buffer.len() + rest,
                 input.max_row_bytes
             );
-            ingestor.reject(line, Reason::TooLong, detail, String::new());
+            ingestor.reject(line, Reason::TooLong, detail, Redacted::default());
             continue;
         }
         let text = trim_line(&buffer);
@@ -977,7 +1026,7 @@ fn read_jsonl(
                 text.len(),
                 input.max_row_bytes
             );
-            ingestor.reject(line, Reason::TooLong, detail, String::new());
+            ingestor.reject(line, Reason::TooLong, detail, Redacted::default());
             continue;
         }
         json_row(input, line, text, ingestor, names, emit);
@@ -1014,7 +1063,7 @@ fn json_row(
                 line,
                 Reason::Malformed,
                 "expected a JSON object".into(),
-                String::new(),
+                Redacted::default(),
             );
             return;
         }
@@ -1024,7 +1073,7 @@ fn json_row(
                 line,
                 Reason::Malformed,
                 format!("invalid JSON: {e}"),
-                String::new(),
+                Redacted::default(),
             );
             return;
         }
@@ -1067,13 +1116,18 @@ fn json_row(
         for column in &input.pii {
             redacted.remove(column);
         }
+        let mut pseudonym = None;
         if let Some(raw_user) = json_text(object.get(&input.user)) {
             if !raw_user.trim().is_empty() {
-                let shown = ingestor.display_user(raw_user.trim());
+                let (id, shown) = ingestor.display_user(raw_user.trim());
+                pseudonym = Some(id);
                 redacted.insert(input.user.clone(), serde_json::Value::String(shown));
             }
         }
-        let raw = serde_json::Value::Object(redacted).to_string();
+        let raw = Redacted {
+            text: serde_json::Value::Object(redacted).to_string(),
+            user: pseudonym,
+        };
         ingestor.reject(line, reason, detail, raw);
     }
 }
@@ -1122,6 +1176,7 @@ fn read_forgets(path: &Path, ingestor: &mut Ingestor) -> Result<Vec<ForgetReques
                 reason,
                 detail,
                 raw: String::new(),
+                user: None,
             });
         };
         match reader.read_record(&mut record) {
@@ -1145,7 +1200,7 @@ fn read_forgets(path: &Path, ingestor: &mut Ingestor) -> Result<Vec<ForgetReques
                     );
                     continue;
                 }
-                match parse_time(time_text) {
+                match parse_time(time_text).filter(|t| *t >= 0) {
                     Some(time) => {
                         ingestor.counts.forget_requests += 1;
                         requests.push(ForgetRequest {
@@ -1154,7 +1209,7 @@ fn read_forgets(path: &Path, ingestor: &mut Ingestor) -> Result<Vec<ForgetReques
                         });
                     }
                     None => {
-                        let detail = format!("\"{time_text}\" is not a recognised time");
+                        let detail = format!("\"{time_text}\" is not a time at or after 1970");
                         reject(ingestor, line, Reason::BadTime, detail);
                     }
                 }

@@ -356,11 +356,10 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
             let line_start = before.rfind('\n').map_or(0, |i| i + 1);
             let column = before.len() - line_start + 1;
             let line_text = text[line_start..].lines().next().unwrap_or("");
-            match line_text.split_once('=') {
-                Some((key, _)) if !message.contains('`') => format!(
-                    "line {line}, column {column}: key `{}`: {message}",
-                    key.trim()
-                ),
+            match line_text.split_once('=').map(|(key, _)| key.trim()) {
+                Some(key) if !key.is_empty() && !message.contains(&format!("`{key}`")) => {
+                    format!("line {line}, column {column}: key `{key}`: {message}")
+                }
                 _ => format!("line {line}, column {column}: {message}"),
             }
         }
