@@ -2,10 +2,12 @@
 //! `summary.json`. Output is deterministic: rows sorted, times in RFC 3339 UTC, ratios with
 //! 6 decimals.
 
-use crate::event::{Time, UserId};
+use crate::event::{Sym, Time, UserId};
 use crate::ingest::{Counts, Rejection};
-use crate::runtime::{Audit, Row, Snapshot};
+use crate::runtime::{Audit, Row, Snapshot, ViewConfig};
 use crate::time::format_time;
+use crate::views::retention_table;
+use crate::views::segments::shown_size;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,60 +42,44 @@ impl<'a> UserNames<'a> {
     }
 }
 
-/// The header and the sorted records of each view present in a snapshot, keyed by file name.
-pub fn render(
-    snapshot: &Snapshot,
-    views: &[&'static str],
-    as_of: Time,
-    users: &UserNames<'_>,
-) -> Vec<(&'static str, Vec<Vec<String>>)> {
-    let mut tables: Vec<(&'static str, Vec<Vec<String>>)> =
-        views.iter().map(|name| (*name, Vec::new())).collect();
-    let mut push = |name: &str, record: Vec<String>, copies: isize| {
-        if let Some((_, rows)) = tables.iter_mut().find(|(n, _)| *n == name) {
-            for _ in 0..copies.max(0) {
-                rows.push(record.clone());
-            }
-        }
-    };
-    for (row, copies) in snapshot {
-        match row {
-            Row::Session(user, s) => push(
-                "sessions",
-                vec![
-                    users.show(*user),
-                    format_time(s.start),
-                    format_time(s.end),
-                    s.events.to_string(),
-                ],
-                *copies,
-            ),
-            Row::Engagement(user, e) => push(
-                "engagement",
-                vec![
-                    users.show(*user),
-                    e.events.to_string(),
-                    e.active_days.to_string(),
-                    e.sessions.to_string(),
-                    format_time(e.first_seen),
-                    format_time(e.last_seen),
-                    e.days_since_last_seen(as_of).to_string(),
-                ],
-                *copies,
-            ),
-        }
-    }
-    for (_, rows) in tables.iter_mut() {
-        rows.sort();
-    }
-    tables
+/// One output table: its file stem, CSV header and sorted rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// File stem (`sessions` is written to `sessions.csv`).
+    pub name: String,
+    /// Column names.
+    pub header: Vec<&'static str>,
+    /// Rows, sorted.
+    pub rows: Vec<Vec<String>>,
 }
 
-/// The CSV header of a view's file.
-pub fn header(view: &str) -> &'static [&'static str] {
-    match view {
-        "sessions" => &["user", "session_start", "session_end", "events"],
-        "engagement" => &[
+impl Table {
+    fn new(name: impl Into<String>, header: &[&'static str]) -> Table {
+        Table {
+            name: name.into(),
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// Renders a snapshot into the tables of the views in `config`, as of `as_of`: sessions,
+/// engagement, segments and their sizes (suppressed below `k_anonymity`), one table per
+/// retention matrix (rates with 6 decimals).
+pub fn render(
+    snapshot: &Snapshot,
+    config: &ViewConfig,
+    k_anonymity: u64,
+    as_of: Time,
+    users: &UserNames<'_>,
+) -> Vec<Table> {
+    let mut sessions = Table::new(
+        "sessions",
+        &["user", "session_start", "session_end", "events"],
+    );
+    let mut engagement = Table::new(
+        "engagement",
+        &[
             "user",
             "events",
             "active_days",
@@ -102,8 +88,93 @@ pub fn header(view: &str) -> &'static [&'static str] {
             "last_seen",
             "days_since_last_seen",
         ],
-        _ => &[],
+    );
+    let mut members = Table::new("segments", &["segment", "user"]);
+    let segment_names: HashMap<Sym, &str> = config
+        .segments
+        .iter()
+        .map(|s| (s.key(), s.name()))
+        .collect();
+    let mut sizes: HashMap<Sym, u64> = HashMap::new();
+    let mut cells: Vec<Vec<((i64, i64), u64)>> = vec![Vec::new(); config.retention.len()];
+    for (row, copies) in snapshot {
+        for _ in 0..(*copies).max(0) {
+            match row {
+                Row::Session(user, s) => sessions.rows.push(vec![
+                    users.show(*user),
+                    format_time(s.start),
+                    format_time(s.end),
+                    s.events.to_string(),
+                ]),
+                Row::Engagement(user, e) => engagement.rows.push(vec![
+                    users.show(*user),
+                    e.events.to_string(),
+                    e.active_days.to_string(),
+                    e.sessions.to_string(),
+                    format_time(e.first_seen),
+                    format_time(e.last_seen),
+                    e.days_since_last_seen(as_of).to_string(),
+                ]),
+                Row::Member(segment, user) => {
+                    *sizes.entry(*segment).or_default() += 1;
+                    let name = segment_names.get(segment).copied().unwrap_or("?");
+                    members.rows.push(vec![name.to_string(), users.show(*user)]);
+                }
+                Row::Retention(table, cell, retained) => {
+                    if let Some(cells) = cells.get_mut(*table as usize) {
+                        cells.push((*cell, *retained));
+                    }
+                }
+            }
+        }
     }
+    let mut tables = Vec::new();
+    if config.sessions.is_some() {
+        tables.push(sessions);
+    }
+    if config.engagement.is_some() {
+        tables.push(engagement);
+    }
+    if !config.segments.is_empty() {
+        tables.push(members);
+        let mut table = Table::new("segment_sizes", &["segment", "size"]);
+        for segment in &config.segments {
+            let size = sizes.get(&segment.key()).copied().unwrap_or(0);
+            let shown = shown_size(size, k_anonymity)
+                .map_or_else(|| "suppressed".to_string(), |n| n.to_string());
+            table.rows.push(vec![segment.name().to_string(), shown]);
+        }
+        tables.push(table);
+    }
+    for ((name, spec), cells) in config.retention.iter().zip(cells) {
+        let mut table = Table::new(
+            format!("retention_{name}"),
+            &["cohort", "k", "cohort_size", "retained", "rate"],
+        );
+        // Rows come sorted by cohort and k, which is the order users read a matrix in.
+        table.rows = retention_table(cells, as_of, spec)
+            .into_iter()
+            .map(|r| {
+                vec![
+                    r.cohort_label,
+                    r.k.to_string(),
+                    r.cohort_size.to_string(),
+                    r.retained.to_string(),
+                    format!("{:.6}", r.rate),
+                ]
+            })
+            .collect();
+        tables.push(table);
+    }
+    for table in tables
+        .iter_mut()
+        .filter(|t| !t.name.starts_with("retention_"))
+    {
+        if table.name != "segment_sizes" {
+            table.rows.sort();
+        }
+    }
+    tables
 }
 
 /// Writes a CSV file with a header row.

@@ -2,7 +2,7 @@
 
 use crate::event::Time;
 use crate::ingest::{ingest, IngestError, IngestOptions, Routing};
-use crate::output::{self, OutputError, Summary, UserNames};
+use crate::output::{self, OutputError, Summary, Table, UserNames};
 use crate::privacy::{load_key, KeyError};
 use crate::runtime::{Cluster, Runner, RuntimeError, Snapshot, ViewConfig};
 use crate::spec::{Spec, SpecError};
@@ -61,20 +61,8 @@ pub struct ReplayOutcome {
     pub summary: Summary,
     /// The snapshot (process 0 only).
     pub snapshot: Option<Snapshot>,
-    /// Rendered view tables `(view, rows)`, as written (process 0 only).
-    pub tables: Vec<(&'static str, Vec<Vec<String>>)>,
-}
-
-/// The views a spec writes, in file order.
-pub fn view_names(config: &ViewConfig) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if config.sessions.is_some() {
-        names.push("sessions");
-    }
-    if config.engagement.is_some() {
-        names.push("engagement");
-    }
-    names
+    /// Rendered view tables, as written (process 0 only).
+    pub tables: Vec<Table>,
 }
 
 /// Replays the spec's input through its views and writes the results (on process 0).
@@ -159,10 +147,9 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
     summary.key_source = key_source.to_string();
     summary.forget_audit = finished.audit.clone();
 
-    let names = view_names(&views);
     let users = UserNames::new(report.reveal.as_ref());
     let tables = match &finished.snapshot {
-        Some(snapshot) => output::render(snapshot, &names, as_of, &users),
+        Some(snapshot) => output::render(snapshot, &views, spec.k_anonymity, as_of, &users),
         None => Vec::new(),
     };
     if let (Some(dir), Some(_)) = (&options.out, &finished.snapshot) {
@@ -171,9 +158,9 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(fail)?;
-        for (view, rows) in &tables {
-            let file = format!("{view}.csv");
-            output::write_csv(&dir.join(&file), output::header(view), rows.iter().cloned())?;
+        for table in &tables {
+            let file = format!("{}.csv", table.name);
+            output::write_csv(&dir.join(&file), &table.header, table.rows.iter().cloned())?;
             summary.files.push(file);
         }
         output::write_rejections(&dir.join("rejected.csv"), &report.rejections)?;

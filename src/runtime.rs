@@ -2,10 +2,10 @@
 //! the epochs the ingestor cuts, gathers the output to worker 0 as an exact snapshot at the
 //! as-of time, and audits the arrangements for records of forgotten users.
 
-use crate::event::{Event, Time, UserId};
+use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
-use crate::views::{self, Diff, Engagement, Session};
+use crate::views::{self, segments, Diff, Engagement, RetentionSpec, Segment, Session};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
@@ -43,6 +43,10 @@ pub enum Row {
     Session(UserId, Session),
     /// A row of `engagement.csv`.
     Engagement(UserId, Engagement),
+    /// A member of a segment (by the segment's interned name).
+    Member(Sym, UserId),
+    /// A cell of retention table number `.0`: `((cohort, k), retained)`, `k = 0` the cohort size.
+    Retention(u32, (i64, i64), u64),
 }
 
 /// Which views to maintain, with their parameters (the part of a [`Spec`] the workers need).
@@ -52,6 +56,10 @@ pub struct ViewConfig {
     pub sessions: Option<i64>,
     /// `(session gap, UTC offset)`, when the engagement view is on.
     pub engagement: Option<(i64, i64)>,
+    /// Segments, in spec order.
+    pub segments: Vec<Segment>,
+    /// Retention tables `(name, definition)`, in spec order.
+    pub retention: Vec<(String, RetentionSpec)>,
 }
 
 impl ViewConfig {
@@ -63,6 +71,22 @@ impl ViewConfig {
                 .engagement
                 .as_ref()
                 .map(|e| (spec.session_gap(), e.utc_offset.0)),
+            segments: spec.segment.iter().map(|s| s.to_view()).collect(),
+            retention: spec
+                .retention
+                .iter()
+                .map(|r| (r.name.clone(), r.to_view()))
+                .collect(),
+        }
+    }
+
+    /// Only sessions and engagement, with the given gap (and UTC offset 0 for active days).
+    pub fn sessions_and_engagement(gap: i64) -> ViewConfig {
+        ViewConfig {
+            sessions: Some(gap),
+            engagement: Some((gap, 0)),
+            segments: Vec::new(),
+            retention: Vec::new(),
         }
     }
 }
@@ -143,6 +167,23 @@ pub fn build_views<'s>(
             trace: arranged.trace.clone(),
         }));
         outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
+    }
+    if !config.segments.is_empty() {
+        let members = segments::all_members(events.clone(), &config.segments)
+            .map(|(segment, user)| (user, segment))
+            .arrange_by_key_named("SegmentMembers");
+        audited.push(Box::new(UserKeyed {
+            name: "segments".into(),
+            trace: members.trace.clone(),
+        }));
+        outputs.push(members.as_collection(|u: &UserId, s: &Sym| Row::Member(*s, *u)));
+    }
+    for (table, (_, spec)) in config.retention.iter().enumerate() {
+        let table = table as u32;
+        outputs.push(
+            views::retention(events.clone(), spec)
+                .map(move |(cell, retained)| Row::Retention(table, cell, retained)),
+        );
     }
     let rows = differential_dataflow::collection::concatenate(events.scope(), outputs);
     (rows, audited)

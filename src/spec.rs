@@ -185,6 +185,132 @@ pub struct EngagementSpec {
     pub utc_offset: UtcOffset,
 }
 
+/// One `[[segment]]` table: a named set of users, by kind.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SegmentSpec {
+    /// Users who performed `event` (with property equalities `where`) at least `at_least`
+    /// times within the last `within`.
+    Rule {
+        /// Segment name.
+        name: String,
+        /// The event type counted.
+        event: String,
+        /// Property equality filters, e.g. `where = { course = "math" }`.
+        #[serde(default, rename = "where")]
+        filters: std::collections::BTreeMap<String, String>,
+        /// Minimum number of matching events.
+        #[serde(default = "one")]
+        at_least: u64,
+        /// The window.
+        within: Seconds,
+    },
+    /// Users whose event count within the last `within` is at or above the `percentile`-th
+    /// percentile (nearest rank) over all users active within it.
+    Percentile {
+        /// Segment name.
+        name: String,
+        /// The percentile, 1 to 100.
+        percentile: u32,
+        /// The window.
+        within: Seconds,
+    },
+    /// Users seen before but without any event within the last `within`.
+    Dormant {
+        /// Segment name.
+        name: String,
+        /// The window.
+        within: Seconds,
+    },
+}
+
+impl SegmentSpec {
+    /// The segment as the views define it (names interned).
+    pub fn to_view(&self) -> crate::views::Segment {
+        use crate::event::Sym;
+        use crate::views::segments::{Dormant, Percentile, Rule, Segment};
+        match self {
+            SegmentSpec::Rule {
+                name,
+                event,
+                filters,
+                at_least,
+                within,
+            } => {
+                let mut filters: Vec<(Sym, Sym)> = filters
+                    .iter()
+                    .map(|(property, value)| (Sym::of(property), Sym::of(value)))
+                    .collect();
+                filters.sort();
+                Segment::Rule(Rule {
+                    name: name.clone(),
+                    event: Sym::of(event),
+                    filters,
+                    at_least: *at_least,
+                    within: within.0,
+                })
+            }
+            SegmentSpec::Percentile {
+                name,
+                percentile,
+                within,
+            } => Segment::Percentile(Percentile {
+                name: name.clone(),
+                percentile: *percentile,
+                within: within.0,
+            }),
+            SegmentSpec::Dormant { name, within } => Segment::Dormant(Dormant {
+                name: name.clone(),
+                within: within.0,
+            }),
+        }
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SegmentSpec::Rule { name, .. }
+            | SegmentSpec::Percentile { name, .. }
+            | SegmentSpec::Dormant { name, .. } => name,
+        }
+    }
+}
+
+/// One `[[retention]]` table: a cohort retention matrix.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSpec {
+    /// Table name; written to `retention_<name>.csv`.
+    pub name: String,
+    /// Cohort and offset period.
+    pub period: crate::views::Period,
+    /// The fixed UTC offset whose calendar defines periods.
+    #[serde(default)]
+    pub utc_offset: UtcOffset,
+    /// The event whose first occurrence puts a user in a cohort (default: any event).
+    #[serde(default)]
+    pub start_event: Option<String>,
+    /// The event that counts as a return (default: any event).
+    #[serde(default)]
+    pub return_event: Option<String>,
+    /// Count users active in period `c+k` or later instead of exactly in `c+k`.
+    #[serde(default)]
+    pub unbounded: bool,
+}
+
+impl RetentionSpec {
+    /// The retention matrix as the views define it (event names interned).
+    pub fn to_view(&self) -> crate::views::RetentionSpec {
+        crate::views::RetentionSpec {
+            period: self.period,
+            utc_offset: self.utc_offset.0,
+            start_event: self.start_event.as_deref().map(crate::event::Sym::of),
+            return_event: self.return_event.as_deref().map(crate::event::Sym::of),
+            unbounded: self.unbounded,
+        }
+    }
+}
+
 /// A whole spec file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,6 +333,12 @@ pub struct Spec {
     /// Engagement features, written to `engagement.csv` when present.
     #[serde(default)]
     pub engagement: Option<EngagementSpec>,
+    /// Segments, written to `segments.csv` and `segment_sizes.csv`.
+    #[serde(default)]
+    pub segment: Vec<SegmentSpec>,
+    /// Retention tables, written to `retention_<name>.csv`.
+    #[serde(default)]
+    pub retention: Vec<RetentionSpec>,
 }
 
 fn default_delimiter() -> String {
@@ -228,6 +360,9 @@ fn default_gap() -> Seconds {
 pub const DEFAULT_TICK: i64 = 3_600;
 fn default_tick() -> Seconds {
     Seconds(DEFAULT_TICK)
+}
+fn one() -> u64 {
+    1
 }
 fn default_k_anonymity() -> u64 {
     5
@@ -298,9 +433,78 @@ impl Spec {
                 ));
             }
         }
+        self.validate_segments(&invalid)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for retention in &self.retention {
+            if !valid_name(&retention.name) {
+                return Err(invalid(
+                    "retention.name",
+                    format!("\"{}\" must be letters, digits, '_' or '-'", retention.name),
+                ));
+            }
+            if !seen.insert(retention.name.as_str()) {
+                return Err(invalid(
+                    "retention.name",
+                    format!("\"{}\" is used twice", retention.name),
+                ));
+            }
+        }
         if let Some(sessions) = &self.sessions {
             if sessions.gap.0 < 1 {
                 return Err(invalid("sessions.gap", "expected at least 1 second".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_segments(
+        &self,
+        invalid: &dyn Fn(&str, String) -> SpecError,
+    ) -> Result<(), SpecError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for segment in &self.segment {
+            let name = segment.name();
+            if name.is_empty() {
+                return Err(invalid("segment.name", "expected a non-empty name".into()));
+            }
+            if !seen.insert(name) {
+                return Err(invalid("segment.name", format!("\"{name}\" is used twice")));
+            }
+            let within = match segment {
+                SegmentSpec::Rule {
+                    filters, within, ..
+                } => {
+                    if let Some(property) =
+                        filters.keys().find(|p| !self.input.properties.contains(p))
+                    {
+                        return Err(invalid(
+                            "segment.where",
+                            format!(
+                                "segment \"{name}\" filters on \"{property}\", which is not \
+                                 listed in input.properties"
+                            ),
+                        ));
+                    }
+                    within
+                }
+                SegmentSpec::Percentile {
+                    percentile, within, ..
+                } => {
+                    if !(1..=100).contains(percentile) {
+                        return Err(invalid(
+                            "segment.percentile",
+                            format!("segment \"{name}\": expected 1 to 100, found {percentile}"),
+                        ));
+                    }
+                    within
+                }
+                SegmentSpec::Dormant { within, .. } => within,
+            };
+            if within.0 < 1 {
+                return Err(invalid(
+                    "segment.within",
+                    format!("segment \"{name}\": expected at least 1 second"),
+                ));
             }
         }
         Ok(())
@@ -364,5 +568,77 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
             }
         }
         None => message.to_string(),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[input]\nevents = \"x.csv\"\nuser = \"u\"\ntime = \"t\"\nevent = \"e\"\nproperties = [\"course\"]\n";
+
+    fn parse(extra: &str) -> Result<Spec, SpecError> {
+        Spec::parse(&format!("{BASE}{extra}"), Path::new("s.toml"))
+    }
+
+    #[test]
+    fn segments_and_retention_tables_parse() {
+        let spec = parse(
+            "[[segment]]\nname = \"struggling\"\nkind = \"rule\"\nevent = \"quiz_fail\"\n\
+             where = { course = \"math\" }\nat_least = 3\nwithin = \"14d\"\n\
+             [[segment]]\nname = \"top\"\nkind = \"percentile\"\npercentile = 90\nwithin = \"7d\"\n\
+             [[segment]]\nname = \"asleep\"\nkind = \"dormant\"\nwithin = \"2w\"\n\
+             [[retention]]\nname = \"weekly\"\nperiod = \"week\"\nutc_offset = \"+05:30\"\n",
+        )
+        .unwrap();
+        assert_eq!(spec.segment.len(), 3);
+        assert_eq!(
+            spec.segment[0],
+            SegmentSpec::Rule {
+                name: "struggling".into(),
+                event: "quiz_fail".into(),
+                filters: [("course".to_string(), "math".to_string())].into(),
+                at_least: 3,
+                within: Seconds(14 * 86_400),
+            }
+        );
+        assert_eq!(spec.segment[2].name(), "asleep");
+        assert_eq!(spec.retention[0].period, crate::views::Period::Week);
+        assert_eq!(spec.retention[0].utc_offset, UtcOffset(19_800));
+        assert_eq!(spec.k_anonymity, 5);
+    }
+
+    #[test]
+    fn segment_mistakes_are_named() {
+        let error = |extra: &str| parse(extra).unwrap_err().to_string();
+        let unknown =
+            error("[[segment]]\nname = \"a\"\nkind = \"dormant\"\nwithin = \"1d\"\ncolour = 1\n");
+        assert!(unknown.contains("colour"), "{unknown}");
+        let kind = error("[[segment]]\nname = \"a\"\nkind = \"magic\"\nwithin = \"1d\"\n");
+        assert!(kind.contains("magic"), "{kind}");
+        let filter = error(
+            "[[segment]]\nname = \"a\"\nkind = \"rule\"\nevent = \"x\"\nwhere = { plan = \"pro\" }\nwithin = \"1d\"\n",
+        );
+        assert!(
+            filter.contains("plan") && filter.contains("input.properties"),
+            "{filter}"
+        );
+        let percentile = error(
+            "[[segment]]\nname = \"a\"\nkind = \"percentile\"\npercentile = 0\nwithin = \"1d\"\n",
+        );
+        assert!(percentile.contains("segment.percentile"), "{percentile}");
+        let twice = error(
+            "[[retention]]\nname = \"w\"\nperiod = \"week\"\n[[retention]]\nname = \"w\"\nperiod = \"day\"\n",
+        );
+        assert!(twice.contains("used twice"), "{twice}");
+        let period = error("[[retention]]\nname = \"w\"\nperiod = \"year\"\n");
+        assert!(period.contains("year"), "{period}");
     }
 }

@@ -40,7 +40,7 @@ struct Rejected {
 struct Run {
     summary: Summary,
     rejected: Vec<Rejected>,
-    tables: Vec<(&'static str, Vec<Vec<String>>)>,
+    tables: Vec<behave::output::Table>,
 }
 
 impl Run {
@@ -65,8 +65,8 @@ impl Run {
     fn table(&self, view: &str) -> &[Vec<String>] {
         self.tables
             .iter()
-            .find(|(name, _)| *name == view)
-            .map(|(_, rows)| rows.as_slice())
+            .find(|t| t.name == view)
+            .map(|t| t.rows.as_slice())
             .unwrap_or_else(|| panic!("no table {view}"))
     }
 }
@@ -1139,7 +1139,11 @@ fn out_of_order_rows_within_lateness_are_accepted_and_ordered() {
         tables.push(run.tables);
     }
     assert_eq!(tables[0], tables[1], "order of arrival must not matter");
-    let sessions = &tables[1].iter().find(|(n, _)| *n == "sessions").unwrap().1;
+    let sessions = &tables[1]
+        .iter()
+        .find(|t| t.name == "sessions")
+        .unwrap()
+        .rows;
     let (u1, u2) = (pseudonym("u1"), pseudonym("u2"));
     let session = |user: &str, start: &str, end: &str, n: &str| {
         vec![

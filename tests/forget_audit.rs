@@ -4,13 +4,17 @@
 
 use behave::event::{Event, UserId};
 use behave::ingest::Epoch;
-use behave::runtime::{Cluster, Runner, ViewConfig};
+use behave::runtime::{Cluster, Row, Runner, ViewConfig};
+use behave::views::segments::{Dormant, Segment};
 
 fn views() -> ViewConfig {
-    ViewConfig {
-        sessions: Some(1_800),
-        engagement: Some((1_800, 0)),
-    }
+    let mut config = ViewConfig::sessions_and_engagement(1_800);
+    // Everyone is dormant at the end (no event within the last hour): a segment per user.
+    config.segments.push(Segment::Dormant(Dormant {
+        name: "asleep".into(),
+        within: 3_600,
+    }));
+    config
 }
 
 fn epoch(time: u64, peers: usize, updates: Vec<(Event, isize)>) -> Epoch {
@@ -40,14 +44,13 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> usize {
         .collect();
     runner.sync(epoch(30_000, workers, retractions)).unwrap();
     let finished = runner.finish(30_000, audit_for).unwrap();
-    assert_eq!(finished.audit.traces, 3 * workers);
+    assert_eq!(finished.audit.traces, 4 * workers);
     // The views no longer mention forgotten users, and still mention the others.
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {
         snapshot.keys().any(|row| match row {
-            behave::runtime::Row::Session(u, _) | behave::runtime::Row::Engagement(u, _) => {
-                u.0 == user
-            }
+            Row::Session(u, _) | Row::Engagement(u, _) | Row::Member(_, u) => u.0 == user,
+            Row::Retention(..) => false,
         })
     };
     for user in 1..=5 {
@@ -66,6 +69,7 @@ fn forgotten_users_leave_no_record_in_any_arrangement() {
 fn the_audit_finds_records_that_are_there() {
     // User 3 was never forgotten: 20 times in user_times, 15 sessions... all present.
     let found = run(1, &[2], vec![UserId(3)]);
-    // 20 event times + its sessions + 1 engagement row, each one physical update after compaction.
-    assert!(found >= 22, "found {found}");
+    // 20 event times + its sessions + 1 engagement row + 1 segment membership, each one
+    // physical update after compaction.
+    assert!(found >= 23, "found {found}");
 }

@@ -35,7 +35,15 @@ fn learning_fixture_matches_expected_outputs() {
         String::from_utf8_lossy(&result.stderr)
     );
     let expected = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/learning/expected");
-    for file in ["sessions.csv", "engagement.csv", "rejected.csv"] {
+    for file in [
+        "sessions.csv",
+        "engagement.csv",
+        "segments.csv",
+        "segment_sizes.csv",
+        "retention_weekly_quiz.csv",
+        "retention_daily_ist.csv",
+        "rejected.csv",
+    ] {
         assert_eq!(
             read(&out.path().join(file)),
             read(&expected.join(file)),

@@ -8,9 +8,14 @@
 //! [`Event`]: crate::event::Event
 
 pub mod engagement;
+pub mod retention;
+pub mod segments;
 pub mod sessions;
+pub mod window;
 
 pub use engagement::{engagement, engagement_arranged, Engagement};
+pub use retention::{retention, retention_table, Period, RetentionRow, RetentionSpec};
+pub use segments::{segment_sizes, Segment};
 pub use sessions::{sessions, sessions_arranged, Session};
 
 use crate::event::{Event, Time, UserId};

@@ -159,8 +159,8 @@ pub fn table(outcome: &ReplayOutcome, view: &str) -> Vec<Vec<String>> {
     outcome
         .tables
         .iter()
-        .find(|(name, _)| *name == view)
-        .map(|(_, rows)| rows.clone())
+        .find(|t| t.name == view)
+        .map(|t| t.rows.clone())
         .unwrap_or_default()
 }
 

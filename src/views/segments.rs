@@ -1,0 +1,353 @@
+//! Segments: named sets of users, maintained as `(segment, user)` membership plus sizes.
+//!
+//! Three kinds (DESIGN "Views"), each relative to the as-of time of the snapshot through a
+//! sliding window of `within` seconds (see [`window`](super::window)):
+//! - [`Rule`]: performed a given event (with property filters) at least `at_least` times within
+//!   the window;
+//! - [`Percentile`]: event count within the window at or above the nearest-rank percentile of
+//!   the counts of all users active within the window;
+//! - [`Dormant`]: seen before, but no event within the window.
+//!
+//! Membership changes when time passes, not only when events arrive: an event leaving the window
+//! is retracted at `time + within`, so a user can leave a rule segment, or enter the dormant one,
+//! with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
+//!
+//! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
+
+use super::window::sliding;
+use super::Diff;
+use crate::event::{Event, Sym, UserId};
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+
+/// A rule segment: users who performed `event`, with every property filter matching, at least
+/// `at_least` times within the last `within` seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Segment name; the output is keyed by `Sym::of(name)`.
+    pub name: String,
+    /// The event type that counts.
+    pub event: Sym,
+    /// Property equality filters `(property, value)`: an event counts only if it has every one.
+    pub filters: Vec<(Sym, Sym)>,
+    /// Minimum number of matching events. `0` behaves like `1`: a user with no matching event
+    /// in the window is never a member.
+    pub at_least: u64,
+    /// Window length in seconds.
+    pub within: i64,
+}
+
+/// A percentile segment: among users with at least one event within the last `within` seconds,
+/// those whose event count is at or above the nearest-rank `percentile`-th percentile of those
+/// counts (rank `ceil(P/100 * n)` in the ascending order of the `n` counts; every user tied with
+/// the threshold is a member).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentile {
+    /// Segment name; the output is keyed by `Sym::of(name)`.
+    pub name: String,
+    /// The percentile `P`, `1..=100` (values outside are clamped into that range).
+    pub percentile: u32,
+    /// Window length in seconds.
+    pub within: i64,
+}
+
+/// A dormant segment: users with at least one event at or before the as-of time, but none within
+/// the last `within` seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dormant {
+    /// Segment name; the output is keyed by `Sym::of(name)`.
+    pub name: String,
+    /// Window length in seconds.
+    pub within: i64,
+}
+
+/// Any segment definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Segment {
+    /// See [`Rule`].
+    Rule(Rule),
+    /// See [`Percentile`].
+    Percentile(Percentile),
+    /// See [`Dormant`].
+    Dormant(Dormant),
+}
+
+impl Segment {
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Segment::Rule(r) => &r.name,
+            Segment::Percentile(p) => &p.name,
+            Segment::Dormant(d) => &d.name,
+        }
+    }
+
+    /// The key of the segment in membership and size collections: `Sym::of(name)`.
+    ///
+    /// ```
+    /// use behave::event::Sym;
+    /// use behave::views::segments::{Dormant, Segment};
+    /// let s = Segment::Dormant(Dormant { name: "lapsed".into(), within: 86_400 });
+    /// assert_eq!(s.key(), Sym::of("lapsed"));
+    /// ```
+    pub fn key(&self) -> Sym {
+        Sym::of(self.name())
+    }
+}
+
+/// Whether `event` counts for `rule`: the right type and every property filter matching.
+///
+/// ```
+/// use behave::event::{Event, Sym, UserId};
+/// use behave::views::segments::{matches, Rule};
+/// let rule = Rule {
+///     name: "buyers".into(),
+///     event: Sym::of("buy"),
+///     filters: vec![(Sym::of("country"), Sym::of("FR"))],
+///     at_least: 1,
+///     within: 86_400,
+/// };
+/// let mut e = Event::new(UserId(1), 0, "buy");
+/// assert!(!matches(&rule, &e));
+/// e.props = vec![(Sym::of("country"), Sym::of("FR"))];
+/// assert!(matches(&rule, &e));
+/// ```
+pub fn matches(rule: &Rule, event: &Event) -> bool {
+    event.kind == rule.event
+        && rule
+            .filters
+            .iter()
+            .all(|(name, value)| event.prop(*name) == Some(*value))
+}
+
+/// Members of a rule segment: `(Sym::of(rule.name), user)` for every user with at least
+/// `rule.at_least` matching events in the last `rule.within` seconds.
+///
+/// ```
+/// use behave::event::{Event, Sym, UserId};
+/// use behave::views::segments::{rule_members, Rule};
+/// use differential_dataflow::input::InputSession;
+/// use std::sync::{Arc, Mutex};
+///
+/// let rule = Rule {
+///     name: "active".into(),
+///     event: Sym::of("view"),
+///     filters: vec![],
+///     at_least: 2,
+///     within: 100,
+/// };
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let out = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let out = out.clone();
+///         rule_members(input.to_collection(scope), &rule)
+///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
+///     });
+///     input.advance_to(10);
+///     input.insert(Event::new(UserId(1), 10, "view"));
+///     input.advance_to(50);
+///     input.insert(Event::new(UserId(1), 50, "view"));
+///     input.close();
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort();
+/// // A member from the second view until the first one leaves the window.
+/// assert_eq!(seen, vec![(UserId(1), 50, 1), (UserId(1), 110, -1)]);
+/// ```
+pub fn rule_members<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    rule: &Rule,
+) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    let key = Sym::of(&rule.name);
+    let at_least = rule.at_least.max(1);
+    let predicate = rule.clone();
+    let matching = events.filter(move |event| matches(&predicate, event));
+    sliding(matching, rule.within)
+        .map(|event| event.user)
+        .count()
+        .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((key, user)))
+}
+
+/// The nearest-rank `percentile`-th percentile of a histogram of counts: `histogram` holds
+/// `(count, number of users with that count)` sorted by count ascending (entries with no users
+/// are skipped). Returns the threshold count, or `None` when there are no users.
+///
+/// ```
+/// use behave::views::segments::percentile_threshold;
+/// // Counts 1, 1, 2, 5: n = 4; the 50th percentile has rank 2 (count 1), the 51st rank 3.
+/// let h = [(1, 2), (2, 1), (5, 1)];
+/// assert_eq!(percentile_threshold(h, 50), Some(1));
+/// assert_eq!(percentile_threshold(h, 51), Some(2));
+/// assert_eq!(percentile_threshold(h, 100), Some(5));
+/// assert_eq!(percentile_threshold([], 90), None);
+/// ```
+pub fn percentile_threshold(
+    histogram: impl IntoIterator<Item = (u64, i64)> + Clone,
+    percentile: u32,
+) -> Option<u64> {
+    let p = u128::from(percentile.clamp(1, 100));
+    let users: u128 = histogram
+        .clone()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(_, n)| n as u128)
+        .sum();
+    if users == 0 {
+        return None;
+    }
+    let rank = (p * users).div_ceil(100);
+    let mut seen = 0u128;
+    for (count, n) in histogram {
+        if n > 0 {
+            seen += n as u128;
+            if seen >= rank {
+                return Some(count);
+            }
+        }
+    }
+    None
+}
+
+/// Members of a percentile segment: `(Sym::of(name), user)` for every user active within the
+/// window whose event count there is at or above the nearest-rank percentile of all active
+/// users' counts ([`percentile_threshold`]).
+///
+/// The threshold is computed by one reduction over the histogram `count -> number of users`
+/// (so each change costs time proportional to the number of distinct counts, not users), which
+/// yields the qualifying counts; users are joined back to them by count.
+pub fn percentile_members<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segment: &Percentile,
+) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    let key = Sym::of(&segment.name);
+    let percentile = segment.percentile;
+    let counts = sliding(events, segment.within)
+        .map(|event| event.user)
+        .count()
+        .map(|(user, count)| (count as u64, user));
+    // The diff of `(key, count)` is the number of users with that count: the histogram.
+    let qualifying = counts
+        .clone()
+        .map(move |(count, _user)| (key, count))
+        .reduce_named(
+            "PercentileThreshold",
+            move |_key, histogram: &[(&u64, Diff)], output: &mut Vec<(u64, Diff)>| {
+                let pairs = histogram.iter().map(|(count, n)| (**count, *n as i64));
+                if let Some(threshold) = percentile_threshold(pairs, percentile) {
+                    output.extend(
+                        histogram
+                            .iter()
+                            .filter(|(count, n)| **count >= threshold && *n > 0)
+                            .map(|(count, _)| (**count, 1)),
+                    );
+                }
+            },
+        );
+    counts
+        .map(move |(count, user)| ((key, count), user))
+        .semijoin(qualifying)
+        .map(|((key, _count), user)| (key, user))
+}
+
+/// Members of a dormant segment: `(Sym::of(name), user)` for every user with an event at or
+/// before the as-of time but none in the last `within` seconds. A user becomes dormant when
+/// their last event leaves the window, with no new event needed.
+///
+/// ```
+/// use behave::event::{Event, UserId};
+/// use behave::views::segments::{dormant_members, Dormant};
+/// use differential_dataflow::input::InputSession;
+/// use std::sync::{Arc, Mutex};
+///
+/// let segment = Dormant { name: "lapsed".into(), within: 100 };
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let out = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let out = out.clone();
+///         dormant_members(input.to_collection(scope), &segment)
+///             .consolidate()
+///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
+///     });
+///     input.advance_to(10);
+///     input.insert(Event::new(UserId(1), 10, "view"));
+///     input.advance_to(150);
+///     input.insert(Event::new(UserId(1), 150, "view"));
+///     input.close();
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort_by_key(|(_, t, _)| *t);
+/// // Dormant from 110 (first view out of the window) until the second view at 150,
+/// // and again from 250.
+/// assert_eq!(
+///     seen,
+///     vec![(UserId(1), 110, 1), (UserId(1), 150, -1), (UserId(1), 250, 1)]
+/// );
+/// ```
+pub fn dormant_members<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segment: &Dormant,
+) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    let key = Sym::of(&segment.name);
+    let active = sliding(events.clone(), segment.within)
+        .map(|event| event.user)
+        .distinct();
+    let seen = events.map(|event| event.user).distinct();
+    // The window's events are a subset of all events at every time, so `active` is a subset of
+    // `seen` and the difference of the two sets is `seen` minus `active`. The result is not
+    // consolidated: a user may enter and leave at the same time (consolidate to drop those).
+    seen.concat(active.negate()).map(move |user| (key, user))
+}
+
+/// Members of any segment, keyed by [`Segment::key`].
+pub fn members<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segment: &Segment,
+) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    match segment {
+        Segment::Rule(rule) => rule_members(events, rule),
+        Segment::Percentile(p) => percentile_members(events, p),
+        Segment::Dormant(d) => dormant_members(events, d),
+    }
+}
+
+/// Members of every segment in `segments`, in one collection keyed by [`Segment::key`].
+pub fn all_members<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segments: &[Segment],
+) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    let parts: Vec<_> = segments
+        .iter()
+        .map(|segment| members(events.clone(), segment))
+        .collect();
+    differential_dataflow::collection::concatenate(events.scope(), parts)
+}
+
+/// Segment sizes: `(segment, number of members)` for every segment with at least one member.
+/// Empty segments are absent; the output layer reports them as size 0.
+pub fn segment_sizes<'s, T>(
+    members: VecCollection<'s, T, (Sym, UserId), Diff>,
+) -> VecCollection<'s, T, (Sym, u64), Diff>
+where
+    T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice,
+{
+    members
+        .map(|(segment, _user)| segment)
+        .count()
+        .map(|(segment, size)| (segment, size as u64))
+}
+
+/// The size to show under k-anonymity: `None` (suppressed) when smaller than `k`.
+///
+/// ```
+/// use behave::views::segments::shown_size;
+/// assert_eq!(shown_size(4, 5), None);
+/// assert_eq!(shown_size(5, 5), Some(5));
+/// assert_eq!(shown_size(0, 0), Some(0));
+/// ```
+pub fn shown_size(size: u64, k: u64) -> Option<u64> {
+    (size >= k).then_some(size)
+}
