@@ -106,7 +106,8 @@ pub fn write_forgets(path: &Path, forgets: &[(String, i64)]) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A spec over `events` (and `forget`) with sessions and engagement.
+/// A spec over `events` (and `forget`) with every view: sessions, engagement, three
+/// segments and two retention tables.
 pub fn spec_for(
     events: &Path,
     forget: Option<&Path>,
@@ -132,6 +133,31 @@ key = "test-key"
 [sessions]
 gap = "{gap}"
 [engagement]
+[[segment]]
+name = "buyers"
+kind = "rule"
+event = "buy"
+at_least = 2
+within = "3d"
+[[segment]]
+name = "top"
+kind = "percentile"
+percentile = 75
+within = "5d"
+[[segment]]
+name = "asleep"
+kind = "dormant"
+within = "2d"
+[[retention]]
+name = "daily"
+period = "day"
+utc_offset = "+05:30"
+[[retention]]
+name = "weekly"
+period = "week"
+start_event = "view"
+return_event = "buy"
+unbounded = true
 "#,
         events = events.display().to_string(),
     );
