@@ -35,6 +35,10 @@ pub struct ReplayArgs {
     /// Output directory [default: out/<spec name>].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write every change of every view to FILE as JSON lines
+    /// (`{"view":…,"row":{…},"time":…,"diff":±1}`), in time order.
+    #[arg(long, value_name = "FILE")]
+    pub changes: Option<PathBuf>,
     /// Write raw user ids instead of pseudonyms (needs the key; never for forgotten users).
     #[arg(long)]
     pub reveal_ids: bool,

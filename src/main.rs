@@ -40,6 +40,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         events: args.events.clone(),
         forget: args.forget.clone(),
         out: Some(out.clone()),
+        changes: args.changes.clone(),
         reveal_ids: args.reveal_ids,
         as_of: args.as_of,
         cluster: cluster.clone(),

@@ -177,6 +177,69 @@ pub fn render(
     tables
 }
 
+/// One line of the change log: `{"view": …, "row": {…}, "time": …, "diff": ±n}`, the row's
+/// columns named as in the view's CSV file (a retention change is one cell of its matrix;
+/// engagement rows leave out `days_since_last_seen`, which changes with the clock).
+pub fn change_record(
+    row: &Row,
+    time: u64,
+    diff: isize,
+    config: &ViewConfig,
+    users: &UserNames<'_>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let (view, fields) = match row {
+        Row::Session(user, s) => (
+            "sessions".to_string(),
+            json!({
+                "user": users.show(*user),
+                "session_start": format_time(s.start),
+                "session_end": format_time(s.end),
+                "events": s.events,
+            }),
+        ),
+        Row::Engagement(user, e) => (
+            "engagement".to_string(),
+            json!({
+                "user": users.show(*user),
+                "events": e.events,
+                "active_days": e.active_days,
+                "sessions": e.sessions,
+                "first_seen": format_time(e.first_seen),
+                "last_seen": format_time(e.last_seen),
+            }),
+        ),
+        Row::Member(segment, user) => {
+            let name = config
+                .segments
+                .iter()
+                .find(|s| s.key() == *segment)
+                .map_or("?", |s| s.name());
+            (
+                "segments".to_string(),
+                json!({ "segment": name, "user": users.show(*user) }),
+            )
+        }
+        Row::Retention(table, (cohort, k), retained) => {
+            let (name, spec) = &config.retention[*table as usize];
+            (
+                format!("retention_{name}"),
+                json!({
+                    "cohort": spec.period.label(*cohort),
+                    "k": k,
+                    "retained": retained,
+                }),
+            )
+        }
+    };
+    json!({
+        "view": view,
+        "row": fields,
+        "time": format_time(time as Time),
+        "diff": diff,
+    })
+}
+
 /// Writes a CSV file with a header row.
 pub fn write_csv<S: AsRef<str>>(
     path: &Path,

@@ -43,6 +43,8 @@ pub struct ReplayOptions {
     pub forget: Option<PathBuf>,
     /// Output directory; `None` writes nothing.
     pub out: Option<PathBuf>,
+    /// Write every change of every view to this file as JSON lines.
+    pub changes: Option<PathBuf>,
     /// Show raw user ids in written files.
     pub reveal_ids: bool,
     /// Take the snapshot as of this time if it is later than the data.
@@ -82,7 +84,8 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
             source,
         })?;
     }
-    let views = ViewConfig::from_spec(spec);
+    let mut views = ViewConfig::from_spec(spec);
+    views.record_changes = options.changes.is_some();
     let cluster = options.cluster.clone();
     let runner = Runner::start(cluster.clone(), views.clone())?;
     if let Some(started) = &options.started {
@@ -171,6 +174,11 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
             report.tombstones.iter().map(|u| vec![u.to_string()]),
         )?;
         summary.files.push("tombstones.csv".into());
+        if let (Some(path), Some(changes)) = (&options.changes, &finished.changes) {
+            let forgotten: std::collections::HashSet<_> =
+                report.tombstones.iter().copied().collect();
+            write_changes(path, changes, &forgotten, &views, &users)?;
+        }
         summary.files.push("summary.json".into());
         let path = dir.join("summary.json");
         let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
@@ -184,4 +192,30 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
         snapshot: finished.snapshot,
         tables,
     })
+}
+
+/// Writes the change log, one JSON object a line, in time order. The log is history, but no
+/// row of a forgotten user is kept in it: their pseudonyms never appear. (Changes they caused
+/// to others while present, e.g. to a percentile threshold, stay as they happened.)
+fn write_changes(
+    path: &std::path::Path,
+    changes: &[(crate::runtime::Row, u64, isize)],
+    forgotten: &std::collections::HashSet<crate::event::UserId>,
+    views: &ViewConfig,
+    users: &UserNames<'_>,
+) -> Result<(), OutputError> {
+    let fail = |e: std::io::Error| OutputError {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let file = std::fs::File::create(path).map_err(fail)?;
+    let mut writer = std::io::BufWriter::new(file);
+    for (row, time, diff) in changes {
+        if row.user().is_some_and(|user| forgotten.contains(&user)) {
+            continue;
+        }
+        let record = output::change_record(row, *time, *diff, views, users);
+        writeln!(writer, "{record}").map_err(fail)?;
+    }
+    writer.flush().map_err(fail)
 }

@@ -49,6 +49,16 @@ pub enum Row {
     Retention(u32, (i64, i64), u64),
 }
 
+impl Row {
+    /// The user the row is about, if it is a per-user row.
+    pub fn user(&self) -> Option<UserId> {
+        match self {
+            Row::Session(user, _) | Row::Engagement(user, _) | Row::Member(_, user) => Some(*user),
+            Row::Retention(..) => None,
+        }
+    }
+}
+
 /// Which views to maintain, with their parameters (the part of a [`Spec`] the workers need).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewConfig {
@@ -60,6 +70,8 @@ pub struct ViewConfig {
     pub segments: Vec<Segment>,
     /// Retention tables `(name, definition)`, in spec order.
     pub retention: Vec<(String, RetentionSpec)>,
+    /// Also keep every change of every view, for a change log (`--changes`).
+    pub record_changes: bool,
 }
 
 impl ViewConfig {
@@ -77,6 +89,7 @@ impl ViewConfig {
                 .iter()
                 .map(|r| (r.name.clone(), r.to_view()))
                 .collect(),
+            record_changes: false,
         }
     }
 
@@ -87,6 +100,7 @@ impl ViewConfig {
             engagement: Some((gap, 0)),
             segments: Vec::new(),
             retention: Vec::new(),
+            record_changes: false,
         }
     }
 }
@@ -221,39 +235,70 @@ pub type Snapshot = BTreeMap<Row, Diff>;
 /// What a worker returns.
 struct WorkerResult {
     snapshot: Option<Snapshot>,
+    changes: Option<Vec<(Row, u64, Diff)>>,
     audit: Audit,
 }
 
 /// How many epochs a worker lets its dataflow fall behind the input before waiting.
 const MAX_LAG: usize = 4;
 
-/// Gathers output updates on worker 0: folds those at or before the latest input time,
-/// keeps later ones (from views that schedule changes ahead) until the as-of time is known.
+/// Gathers output updates on worker 0: folds those at or before the latest input time into
+/// the snapshot, keeps later ones (from windowed views, which schedule retractions ahead)
+/// until the input reaches their time, and optionally logs every change.
 #[derive(Default)]
 struct Gather {
     input_time: u64,
     current: HashMap<Row, Diff>,
-    future: Vec<(Row, u64, Diff)>,
+    future: BTreeMap<u64, Vec<(Row, Diff)>>,
+    changes: Option<Vec<(Row, u64, Diff)>>,
 }
 
 impl Gather {
     fn absorb(&mut self, updates: &[(Row, u64, Diff)]) {
         for (row, time, diff) in updates {
+            if let Some(changes) = &mut self.changes {
+                changes.push((row.clone(), *time, *diff));
+            }
             if *time <= self.input_time {
                 fold(&mut self.current, row.clone(), *diff);
             } else {
-                self.future.push((row.clone(), *time, *diff));
+                self.future
+                    .entry(*time)
+                    .or_default()
+                    .push((row.clone(), *diff));
             }
         }
     }
 
-    fn finish(mut self, as_of: u64) -> Snapshot {
-        for (row, time, diff) in std::mem::take(&mut self.future) {
-            if time <= as_of {
+    /// The input reached `time`: updates scheduled at or before it join the snapshot.
+    fn advance(&mut self, time: u64) {
+        self.input_time = self.input_time.max(time);
+        while let Some(entry) = self.future.first_entry() {
+            if *entry.key() > self.input_time {
+                break;
+            }
+            for (row, diff) in entry.remove() {
                 fold(&mut self.current, row, diff);
             }
         }
-        self.current.into_iter().collect()
+    }
+
+    fn finish(mut self, as_of: u64) -> (Snapshot, Option<Vec<(Row, u64, Diff)>>) {
+        self.advance(as_of);
+        let changes = self.changes.map(|mut changes| {
+            changes.retain(|(_, time, _)| *time <= as_of);
+            changes.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+            let mut consolidated: Vec<(Row, u64, Diff)> = Vec::with_capacity(changes.len());
+            for (row, time, diff) in changes {
+                match consolidated.last_mut() {
+                    Some(last) if last.0 == row && last.1 == time => last.2 += diff,
+                    _ => consolidated.push((row, time, diff)),
+                }
+            }
+            consolidated.retain(|(_, _, diff)| *diff != 0);
+            consolidated
+        });
+        (self.current.into_iter().collect(), changes)
     }
 }
 
@@ -279,7 +324,10 @@ fn run_worker(
     acks: SyncSender<usize>,
 ) -> WorkerResult {
     let index = worker.index();
-    let gather = Rc::new(RefCell::new(Gather::default()));
+    let gather = Rc::new(RefCell::new(Gather {
+        changes: (index == 0 && config.record_changes).then(Vec::new),
+        ..Gather::default()
+    }));
     let mut input: InputSession<u64, Event, Diff> = InputSession::new();
     let probe = ProbeHandle::new();
     let mut audited = worker.dataflow::<u64, _, _>(|scope| {
@@ -296,6 +344,7 @@ fn run_worker(
     let mut recent: std::collections::VecDeque<u64> = Default::default();
     let mut result = WorkerResult {
         snapshot: None,
+        changes: None,
         audit: Audit::default(),
     };
     for message in receiver {
@@ -313,7 +362,7 @@ fn run_worker(
                 }
                 input.advance_to(time + 1);
                 input.flush();
-                gather.borrow_mut().input_time = time;
+                gather.borrow_mut().advance(time);
                 for trace in audited.iter_mut() {
                     trace.compact_to(time);
                 }
@@ -335,12 +384,14 @@ fn run_worker(
                     input.advance_to(as_of + 1);
                 }
                 input.flush();
-                gather.borrow_mut().input_time = as_of;
+                gather.borrow_mut().advance(as_of);
                 worker.step_while(|| probe.less_than(input.time()));
                 result.audit = audit(worker, &mut audited, as_of + 1, &forgotten);
                 if index == 0 {
                     let taken = std::mem::take(&mut *gather.borrow_mut());
-                    result.snapshot = Some(taken.finish(as_of));
+                    let (snapshot, changes) = taken.finish(as_of);
+                    result.snapshot = Some(snapshot);
+                    result.changes = changes;
                 }
                 let _ = acks.send(index);
             }
@@ -450,6 +501,9 @@ pub struct Runner {
 pub struct Finished {
     /// The snapshot at the as-of time; `None` on processes other than 0.
     pub snapshot: Option<Snapshot>,
+    /// Every change `(row, time, ±diff)` up to the as-of time, consolidated and sorted by time,
+    /// when [`ViewConfig::record_changes`] is set (process 0 only).
+    pub changes: Option<Vec<(Row, u64, Diff)>>,
     /// The audit, summed over this process's workers.
     pub audit: Audit,
 }
@@ -546,6 +600,7 @@ impl Runner {
         drop(self.senders);
         let mut finished = Finished {
             snapshot: None,
+            changes: None,
             audit: Audit::default(),
         };
         for result in self.guards.join() {
@@ -555,6 +610,7 @@ impl Runner {
             finished.audit.residual_records += result.audit.residual_records;
             if result.snapshot.is_some() {
                 finished.snapshot = result.snapshot;
+                finished.changes = result.changes;
             }
         }
         Ok(finished)

@@ -135,3 +135,64 @@ fn another_key_gives_other_pseudonyms() {
     assert_ne!(with_spec_key, with_env_key);
     assert_eq!(with_spec_key.lines().count(), with_env_key.lines().count());
 }
+
+#[test]
+fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
+    let out = common::temp_dir();
+    let changes = out.path().join("changes.jsonl");
+    let result = run_cli(&[
+        "replay",
+        "dataflows/learning.toml",
+        "--reveal-ids",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--changes",
+        changes.to_str().unwrap(),
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let records: Vec<serde_json::Value> = read(&changes)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // In time order.
+    let times: Vec<&str> = records
+        .iter()
+        .map(|r| r["time"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    // Summing the diffs of segment rows gives back segments.csv.
+    let mut net: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for r in records.iter().filter(|r| r["view"] == "segments") {
+        let key = (
+            r["row"]["segment"].as_str().unwrap().to_string(),
+            r["row"]["user"].as_str().unwrap().to_string(),
+        );
+        *net.entry(key).or_default() += r["diff"].as_i64().unwrap();
+    }
+    let from_log: Vec<String> = net
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|((s, u), n)| {
+            assert_eq!(n, 1);
+            format!("{s},{u}")
+        })
+        .collect();
+    let csv = read(&out.path().join("segments.csv"));
+    assert_eq!(from_log, csv.lines().skip(1).collect::<Vec<_>>());
+    // Alice's last event is 2024-01-08 09:00; she turns dormant exactly two days later, with
+    // no event of hers at that time.
+    assert!(records.iter().any(|r| r["row"]
+        == serde_json::json!({"segment": "dormant_2d", "user": "alice"})
+        && r["time"] == "2024-01-10T09:00:00Z"
+        && r["diff"] == 1));
+    // The forgotten user (dave) appears nowhere in the log, not even by pseudonym.
+    let tombstones = read(&out.path().join("tombstones.csv"));
+    for pseudonym in tombstones.lines().skip(1) {
+        assert!(!read(&changes).contains(pseudonym));
+    }
+    assert!(!read(&changes).contains("dave"));
+}

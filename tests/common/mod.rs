@@ -171,6 +171,7 @@ pub fn run(spec: Spec, workers: usize, as_of: Option<i64>) -> ReplayOutcome {
         events: None,
         forget: None,
         out: None,
+        changes: None,
         reveal_ids: true,
         as_of,
         cluster: Cluster::local(workers),
