@@ -199,7 +199,7 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
 /// to others while present, e.g. to a percentile threshold, stay as they happened.)
 fn write_changes(
     path: &std::path::Path,
-    changes: &[(crate::runtime::Row, u64, isize)],
+    changes: &crate::runtime::Changes,
     forgotten: &std::collections::HashSet<crate::event::UserId>,
     views: &ViewConfig,
     users: &UserNames<'_>,

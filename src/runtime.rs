@@ -232,10 +232,13 @@ pub struct Audit {
 /// The rows of the final snapshot with their multiplicities, gathered on worker 0.
 pub type Snapshot = BTreeMap<Row, Diff>;
 
+/// Changes `(row, time, diff)` of every view, consolidated and sorted by time.
+pub type Changes = Vec<(Row, u64, Diff)>;
+
 /// What a worker returns.
 struct WorkerResult {
     snapshot: Option<Snapshot>,
-    changes: Option<Vec<(Row, u64, Diff)>>,
+    changes: Option<Changes>,
     audit: Audit,
 }
 
@@ -250,7 +253,7 @@ struct Gather {
     input_time: u64,
     current: HashMap<Row, Diff>,
     future: BTreeMap<u64, Vec<(Row, Diff)>>,
-    changes: Option<Vec<(Row, u64, Diff)>>,
+    changes: Option<Changes>,
 }
 
 impl Gather {
@@ -283,7 +286,7 @@ impl Gather {
         }
     }
 
-    fn finish(mut self, as_of: u64) -> (Snapshot, Option<Vec<(Row, u64, Diff)>>) {
+    fn finish(mut self, as_of: u64) -> (Snapshot, Option<Changes>) {
         self.advance(as_of);
         let changes = self.changes.map(|mut changes| {
             changes.retain(|(_, time, _)| *time <= as_of);
@@ -503,7 +506,7 @@ pub struct Finished {
     pub snapshot: Option<Snapshot>,
     /// Every change `(row, time, ±diff)` up to the as-of time, consolidated and sorted by time,
     /// when [`ViewConfig::record_changes`] is set (process 0 only).
-    pub changes: Option<Vec<(Row, u64, Diff)>>,
+    pub changes: Option<Changes>,
     /// The audit, summed over this process's workers.
     pub audit: Audit,
 }
