@@ -705,6 +705,33 @@ fn open(path: &Path) -> Result<File, IngestError> {
     })
 }
 
+/// Opens a CSV file (rows of any width, so bad rows can be quarantined) and reads its header,
+/// which must name at least one column.
+fn open_csv(
+    path: &Path,
+    delimiter: u8,
+) -> Result<(csv::Reader<BufReader<File>>, csv::StringRecord), IngestError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 20, open(path)?));
+    let header = reader
+        .headers()
+        .map_err(|e| IngestError::BadHeader {
+            path: path.to_owned(),
+            line: 1,
+            message: e.to_string(),
+        })?
+        .clone();
+    if header.is_empty() || (header.len() == 1 && header[0].trim().is_empty()) {
+        return Err(IngestError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok((reader, header))
+}
+
 fn csv_layout(
     input: &InputSpec,
     path: &Path,
@@ -754,25 +781,7 @@ fn read_csv(
     emit: &mut dyn FnMut(Epoch),
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), IngestError> {
-    let file = open(path)?;
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(input.delimiter_byte())
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 20, file));
-    let header = reader
-        .headers()
-        .map_err(|e| IngestError::BadHeader {
-            path: path.to_owned(),
-            line: 1,
-            message: e.to_string(),
-        })?
-        .clone();
-    if header.is_empty() || (header.len() == 1 && header[0].trim().is_empty()) {
-        return Err(IngestError::Empty {
-            path: path.to_owned(),
-        });
-    }
+    let (mut reader, header) = open_csv(path, input.delimiter_byte())?;
     let layout = csv_layout(input, path, &header)?;
     let mut record = csv::ByteRecord::new();
     let mut line = 1u64;
@@ -1134,24 +1143,7 @@ fn json_row(
 
 /// Reads a forget file (`user,time` CSV with a header); bad rows are rejected, not errors.
 fn read_forgets(path: &Path, ingestor: &mut Ingestor) -> Result<Vec<ForgetRequest>, IngestError> {
-    let file = open(path)?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(BufReader::new(file));
-    let header = reader
-        .headers()
-        .map_err(|e| IngestError::BadHeader {
-            path: path.to_owned(),
-            line: 1,
-            message: e.to_string(),
-        })?
-        .clone();
-    if header.is_empty() || (header.len() == 1 && header[0].trim().is_empty()) {
-        return Err(IngestError::Empty {
-            path: path.to_owned(),
-        });
-    }
+    let (mut reader, header) = open_csv(path, b',')?;
     let find = |column: &str| {
         header
             .iter()

@@ -125,7 +125,7 @@ impl Case {
             events: None,
             forget: None,
             out: Some(self.out()),
-        changes: None,
+            changes: None,
             reveal_ids,
             as_of: None,
             cluster: Cluster::local(1),

@@ -3,15 +3,15 @@
 //! forgets, fixed UTC offsets including "+05:30" and "-08:00", all three periods, bounded and
 //! unbounded, on 1 and 3 workers; plus calendar edge cases and forgetting a whole cohort.
 
+mod common;
+
 use behave::event::{Event, Sym, UserId};
 use behave::time::parse_offset;
 use behave::views::retention::{retention, retention_table, Period, RetentionRow, RetentionSpec};
 use chrono::{DateTime, Datelike, NaiveDate};
-use differential_dataflow::input::InputSession;
-use differential_dataflow::VecCollection;
+use common::dataflow::{at, inserts, run_view, schedule, Update};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
@@ -19,97 +19,6 @@ const START: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
 
 // ---------------------------------------------------------------------------------------------
 // Harness: feed updates through a dataflow on `workers` workers and capture its output.
-
-/// One input update: the event, the logical time it enters (or leaves) at, and the diff.
-type Update = (Event, u64, isize);
-
-/// Runs `view` over `updates` (each worker feeding the users with `user % peers == index`,
-/// advancing through the logical times in order) and returns every output update.
-fn run_view<D, F>(workers: usize, updates: &[Update], view: F) -> Vec<(D, u64, isize)>
-where
-    D: Clone + Send + 'static,
-    F: for<'s> Fn(VecCollection<'s, u64, Event, isize>) -> VecCollection<'s, u64, D, isize>
-        + Send
-        + Sync
-        + 'static,
-{
-    let mut updates = updates.to_vec();
-    updates.sort_by_key(|u| u.1);
-    let updates = Arc::new(updates);
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let sink = captured.clone();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let index = worker.index();
-        let peers = worker.peers();
-        let mut input: InputSession<u64, Event, isize> = InputSession::new();
-        let sink = sink.clone();
-        worker.dataflow::<u64, _, _>(|scope| {
-            view(input.to_collection(scope)).inspect(move |u| sink.lock().unwrap().push(u.clone()));
-        });
-        for (event, time, diff) in updates.iter() {
-            if event.user.0 as usize % peers != index {
-                continue;
-            }
-            if *time > *input.time() {
-                input.advance_to(*time);
-                input.flush();
-                worker.step();
-            }
-            input.update(event.clone(), *diff);
-        }
-    })
-    .expect("timely runs");
-    drop(guards);
-    let out = captured.lock().unwrap().clone();
-    out
-}
-
-/// The accumulated collection at `as_of`: every datum with its non-zero multiplicity.
-fn at<D: Ord + Clone>(updates: &[(D, u64, isize)], as_of: u64) -> BTreeMap<D, isize> {
-    let mut acc = BTreeMap::new();
-    for (d, t, r) in updates {
-        if *t <= as_of {
-            *acc.entry(d.clone()).or_insert(0) += r;
-        }
-    }
-    acc.retain(|_, r| *r != 0);
-    acc
-}
-
-/// Input updates for `events` batched into epochs of `tick` seconds, with forget requests
-/// `(user, time)`: a forgotten user's events up to the (first) forget time are inserted and then
-/// retracted at the forget time; later ones are never inserted. Returns the updates, the as-of
-/// time (the largest event or forget time) and the surviving events.
-fn schedule(events: &[Event], forgets: &[(u64, i64)], tick: i64) -> (Vec<Update>, i64, Vec<Event>) {
-    let as_of = events
-        .iter()
-        .map(|e| e.time)
-        .chain(forgets.iter().map(|f| f.1))
-        .max()
-        .unwrap_or(START);
-    let logical = |t: i64| ((t + tick - 1).div_euclid(tick) * tick).min(as_of) as u64;
-    let mut forget_at: BTreeMap<u64, i64> = BTreeMap::new();
-    for &(user, time) in forgets {
-        let f = forget_at.entry(user).or_insert(time);
-        *f = (*f).min(time);
-    }
-    let mut updates = Vec::new();
-    let mut survivors = Vec::new();
-    for e in events {
-        match forget_at.get(&e.user.0) {
-            None => {
-                updates.push((e.clone(), logical(e.time), 1));
-                survivors.push(e.clone());
-            }
-            Some(&f) if e.time <= f => {
-                updates.push((e.clone(), logical(e.time), 1));
-                updates.push((e.clone(), logical(f), -1));
-            }
-            Some(_) => {}
-        }
-    }
-    (updates, as_of, survivors)
-}
 
 /// Runs the retention view for each spec in one dataflow; returns each spec's table at `as_of`.
 fn tables(
@@ -286,7 +195,7 @@ proptest! {
         workers in prop_oneof![Just(1usize), Just(3)],
     ) {
         let forgets: Vec<(u64, i64)> = forgets.into_iter().map(|(u, t)| (u, START + t)).collect();
-        let (updates, as_of, survivors) = schedule(&events, &forgets, tick);
+        let (updates, as_of, survivors) = schedule(&events, &forgets, tick, START);
         let mut specs = Vec::new();
         for period in [Period::Day, Period::Week, Period::Month] {
             for unbounded in [false, true] {
@@ -310,13 +219,6 @@ proptest! {
 /// Seconds since the epoch of a local date-time in `offset`, e.g. `t("2024-03-01T00:00:00+05:30")`.
 fn t(text: &str) -> i64 {
     DateTime::parse_from_rfc3339(text).unwrap().timestamp()
-}
-
-fn inserts(events: &[Event]) -> Vec<Update> {
-    events
-        .iter()
-        .map(|e| (e.clone(), e.time as u64, 1))
-        .collect()
 }
 
 fn row(label: &str, k: i64, size: u64, retained: u64) -> (String, i64, u64, u64) {
@@ -480,7 +382,7 @@ fn forgetting_the_only_member_of_a_cohort_removes_the_cohort() {
         Event::new(UserId(2), t("2024-03-02T10:00:00Z"), "view"),
     ];
     let forget_time = t("2024-03-05T00:00:00Z");
-    let (updates, as_of, survivors) = schedule(&events, &[(1, forget_time)], HOUR);
+    let (updates, as_of, survivors) = schedule(&events, &[(1, forget_time)], HOUR, START);
     assert_eq!(survivors.len(), 2);
     let specs = [
         spec(Period::Month, "Z", false),

@@ -1,6 +1,8 @@
 //! Shared test helpers: plain batch oracles of the views, and replay on temporary files.
 #![allow(dead_code)]
 
+pub mod dataflow;
+
 use behave::replay::{replay, ReplayOptions, ReplayOutcome};
 use behave::runtime::Cluster;
 use behave::spec::Spec;
