@@ -190,7 +190,7 @@ pub struct EngagementSpec {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SegmentSpec {
     /// Users who performed `event` (with property equalities `where`) at least `at_least`
-    /// times within the last `within`.
+    /// times within the last `within`, and (with `without`) no event of that type within it.
     Rule {
         /// Segment name.
         name: String,
@@ -204,6 +204,10 @@ pub enum SegmentSpec {
         at_least: u64,
         /// The window.
         within: Seconds,
+        /// An event type excluding members: users with any such event within the window are
+        /// not members (e.g. `without = "purchase"` for cart abandoners).
+        #[serde(default)]
+        without: Option<String>,
     },
     /// Users whose event count within the last `within` is at or above the `percentile`-th
     /// percentile (nearest rank) over all users active within it.
@@ -236,6 +240,7 @@ impl SegmentSpec {
                 filters,
                 at_least,
                 within,
+                without,
             } => {
                 let mut filters: Vec<(Sym, Sym)> = filters
                     .iter()
@@ -248,6 +253,7 @@ impl SegmentSpec {
                     filters,
                     at_least: *at_least,
                     within: within.0,
+                    without: without.as_deref().map(Sym::of),
                 })
             }
             SegmentSpec::Percentile {
@@ -472,8 +478,17 @@ impl Spec {
             }
             let within = match segment {
                 SegmentSpec::Rule {
-                    filters, within, ..
+                    filters,
+                    within,
+                    without,
+                    ..
                 } => {
+                    if without.as_deref() == Some("") {
+                        return Err(invalid(
+                            "segment.without",
+                            format!("segment \"{name}\": expected an event type, found \"\""),
+                        ));
+                    }
                     if let Some(property) =
                         filters.keys().find(|p| !self.input.properties.contains(p))
                     {
@@ -607,9 +622,26 @@ mod tests {
                 filters: [("course".to_string(), "math".to_string())].into(),
                 at_least: 3,
                 within: Seconds(14 * 86_400),
+                without: None,
             }
         );
         assert_eq!(spec.segment[2].name(), "asleep");
+        let abandoners = parse(
+            "[[segment]]\nname = \"abandoners\"\nkind = \"rule\"\nevent = \"add_to_cart\"\n\
+             without = \"purchase\"\nwithin = \"7d\"\n",
+        )
+        .unwrap();
+        let crate::views::Segment::Rule(rule) = abandoners.segment[0].to_view() else {
+            panic!("not a rule");
+        };
+        assert_eq!(rule.without, Some(crate::event::Sym::of("purchase")));
+        assert_eq!(rule.at_least, 1);
+        let empty = parse(
+            "[[segment]]\nname = \"a\"\nkind = \"rule\"\nevent = \"x\"\nwithin = \"1d\"\nwithout = \"\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(empty.contains("segment.without"), "{empty}");
         assert_eq!(spec.retention[0].period, crate::views::Period::Week);
         assert_eq!(spec.retention[0].utc_offset, UtcOffset(19_800));
         assert_eq!(spec.k_anonymity, 5);

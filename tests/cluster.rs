@@ -12,7 +12,7 @@ const VIEW_FILES: [&str; 7] = [
     "engagement.csv",
     "segments.csv",
     "segment_sizes.csv",
-    "retention_weekly_quiz.csv",
+    "retention_weekly_lessons.csv",
     "retention_daily_ist.csv",
     "rejected.csv",
 ];

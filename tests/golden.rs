@@ -1,4 +1,5 @@
-//! The shipped fixture produces its hand-checked expected outputs, through the real binary.
+//! The shipped fixtures (learning, shop) produce their hand-checked expected outputs, through the
+//! real binary.
 
 mod common;
 
@@ -18,60 +19,106 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-#[test]
-fn learning_fixture_matches_expected_outputs() {
+/// A shipped spec and what its replay must produce: every listed file byte for byte against
+/// `fixtures/<name>/expected/`, and the summary's counts.
+struct Golden<'a> {
+    spec: &'a str,
+    expected_dir: &'a str,
+    files: &'a [&'a str],
+    counts: &'a [(&'a str, u64)],
+    as_of: &'a str,
+    summary_line: &'a str,
+}
+
+fn check_golden(golden: &Golden) {
     let out = common::temp_dir();
     let out_dir = out.path().to_str().unwrap();
-    let result = run_cli(&[
-        "replay",
-        "dataflows/learning.toml",
-        "--out",
-        out_dir,
-        "--reveal-ids",
-    ]);
+    let result = run_cli(&["replay", golden.spec, "--out", out_dir, "--reveal-ids"]);
     assert!(
         result.status.success(),
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
-    let expected = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/learning/expected");
-    for file in [
-        "sessions.csv",
-        "engagement.csv",
-        "segments.csv",
-        "segment_sizes.csv",
-        "retention_weekly_quiz.csv",
-        "retention_daily_ist.csv",
-        "rejected.csv",
-    ] {
+    let expected = Path::new(env!("CARGO_MANIFEST_DIR")).join(golden.expected_dir);
+    for file in golden.files {
         assert_eq!(
             read(&out.path().join(file)),
             read(&expected.join(file)),
-            "{file}"
+            "{}: {file}",
+            golden.spec
         );
     }
     let summary: serde_json::Value =
         serde_json::from_str(&read(&out.path().join("summary.json"))).unwrap();
-    for (key, value) in [
-        ("read", 23),
-        ("accepted", 15),
-        ("duplicates", 1),
-        ("rejected", 7),
-        ("late", 1),
-        ("forget_requests", 2),
-        ("forgotten_users", 1),
-        ("retracted_events", 3),
-        ("forget_unknown", 1),
-    ] {
-        assert_eq!(summary[key], value, "{key}");
+    for (key, value) in golden.counts {
+        assert_eq!(summary[key], *value, "{}: {key}", golden.spec);
     }
-    assert_eq!(summary["as_of"], "2024-01-10T10:30:00Z");
+    assert_eq!(summary["as_of"], golden.as_of, "{}", golden.spec);
     assert_eq!(summary["forget_audit"]["residual_records"], 0);
     let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        stdout.contains("23 = 15 accepted + 1 duplicates + 7 rejected"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(golden.summary_line), "{stdout}");
+}
+
+#[test]
+fn learning_fixture_matches_expected_outputs() {
+    check_golden(&Golden {
+        spec: "dataflows/learning.toml",
+        expected_dir: "fixtures/learning/expected",
+        files: &[
+            "sessions.csv",
+            "engagement.csv",
+            "segments.csv",
+            "segment_sizes.csv",
+            "retention_weekly_lessons.csv",
+            "retention_daily_ist.csv",
+            "rejected.csv",
+        ],
+        counts: &[
+            ("read", 59),
+            ("accepted", 51),
+            ("duplicates", 1),
+            ("rejected", 7),
+            ("late", 1),
+            ("forgotten_rejected", 1),
+            ("forget_requests", 2),
+            ("forgotten_users", 1),
+            ("retracted_events", 3),
+            ("forget_unknown", 1),
+        ],
+        as_of: "2024-03-01T10:00:00Z",
+        summary_line: "59 = 51 accepted + 1 duplicates + 7 rejected",
+    });
+}
+
+#[test]
+fn shop_fixture_matches_expected_outputs() {
+    check_golden(&Golden {
+        spec: "dataflows/shop.toml",
+        expected_dir: "fixtures/shop/expected",
+        files: &[
+            "sessions.csv",
+            "engagement.csv",
+            "segments.csv",
+            "segment_sizes.csv",
+            "retention_daily.csv",
+            "retention_weekly.csv",
+            "rejected.csv",
+        ],
+        counts: &[
+            ("read", 83),
+            ("accepted", 79),
+            ("duplicates", 1),
+            ("rejected", 3),
+            ("late", 1),
+            ("forgotten_rejected", 1),
+            ("forget_requests", 1),
+            ("forgotten_users", 1),
+            ("retracted_events", 7),
+            ("forget_unknown", 0),
+        ],
+        as_of: "2024-05-02T12:00:00Z",
+        summary_line: "83 = 79 accepted + 1 duplicates + 3 rejected",
+    });
 }
 
 #[test]
@@ -85,10 +132,20 @@ fn pseudonymized_output_holds_no_raw_ids_or_pii() {
         String::from_utf8_lossy(&result.stderr)
     );
     let sessions = read(&out.path().join("sessions.csv"));
-    assert_eq!(sessions.lines().count(), 9, "{sessions}");
+    assert_eq!(sessions.lines().count(), 33, "{sessions}");
     for entry in std::fs::read_dir(out.path()).unwrap() {
         let text = read(&entry.unwrap().path());
-        for secret in ["alice", "bob", "carol", "dave", "zoe", "@example.com"] {
+        for secret in [
+            "alice",
+            "bob",
+            "carol",
+            "dave",
+            "erin",
+            "frank",
+            "grace",
+            "zoe",
+            "@example.com",
+        ] {
             assert!(
                 !text.contains(secret),
                 "{secret} leaked into output:\n{text}"
@@ -183,11 +240,11 @@ fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
         .collect();
     let csv = read(&out.path().join("segments.csv"));
     assert_eq!(from_log, csv.lines().skip(1).collect::<Vec<_>>());
-    // Alice's last event is 2024-01-08 09:00; she turns dormant exactly two days later, with
+    // Grace's last event is 2024-02-14 12:00; she turns dormant exactly two weeks later, with
     // no event of hers at that time.
     assert!(records.iter().any(|r| r["row"]
-        == serde_json::json!({"segment": "dormant_2d", "user": "alice"})
-        && r["time"] == "2024-01-10T09:00:00Z"
+        == serde_json::json!({"segment": "dormant_14d", "user": "grace"})
+        && r["time"] == "2024-02-28T12:00:00Z"
         && r["diff"] == 1));
     // The forgotten user (dave) appears nowhere in the log, not even by pseudonym.
     let tombstones = read(&out.path().join("tombstones.csv"));
@@ -195,4 +252,48 @@ fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
         assert!(!read(&changes).contains(pseudonym));
     }
     assert!(!read(&changes).contains("dave"));
+}
+
+#[test]
+fn shop_purchase_leaving_the_window_makes_an_abandoner_again() {
+    let out = common::temp_dir();
+    let changes = out.path().join("changes.jsonl");
+    let result = run_cli(&[
+        "replay",
+        "dataflows/shop.toml",
+        "--reveal-ids",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--changes",
+        changes.to_str().unwrap(),
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let chloe: Vec<(String, i64)> = read(&changes)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|r| {
+            r["row"] == serde_json::json!({"segment": "cart_abandoners_7d", "user": "chloe"})
+        })
+        .map(|r| {
+            (
+                r["time"].as_str().unwrap().to_string(),
+                r["diff"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Chloe adds boots to her cart on 2024-04-24, buys them on 04-25 09:00 and adds a mug on
+    // 04-26: she is an abandoner again when the purchase leaves the 7-day window, at 05-02 09:00,
+    // with no event of hers at that time.
+    assert_eq!(
+        chloe[chloe.len() - 3..],
+        [
+            ("2024-04-24T10:00:00Z".to_string(), 1),
+            ("2024-04-25T09:00:00Z".to_string(), -1),
+            ("2024-05-02T09:00:00Z".to_string(), 1),
+        ]
+    );
 }

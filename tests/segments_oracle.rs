@@ -1,7 +1,7 @@
 //! The segment views agree with plain batch oracles (written from the definitions in DESIGN
 //! "Views") at the final as-of time, on random streams with random forgets, on 1 and 3 workers;
-//! plus edge cases: percentiles over one user and over ties, and membership changed only by time
-//! passing.
+//! plus edge cases: percentiles over one user and over ties, membership changed only by time
+//! passing, and a rule's `without` event leaving the window.
 
 mod common;
 
@@ -36,9 +36,14 @@ fn oracle_rule(events: &[Event], rule: &Rule, as_of: i64) -> BTreeSet<UserId> {
             *counts.entry(e.user).or_insert(0) += 1;
         }
     }
+    let excluded: BTreeSet<UserId> = events
+        .iter()
+        .filter(|e| Some(e.kind) == rule.without && in_window(e, as_of, rule.within))
+        .map(|e| e.user)
+        .collect();
     counts
         .into_iter()
-        .filter(|(_, n)| *n >= rule.at_least.max(1))
+        .filter(|(u, n)| *n >= rule.at_least.max(1) && !excluded.contains(u))
         .map(|(u, _)| u)
         .collect()
 }
@@ -159,12 +164,13 @@ fn arb_segments() -> impl Strategy<Value = Vec<Segment>> {
         prop::option::of(0usize..2),
         0u64..4,
         arb_within(),
+        prop::option::of(0usize..3),
         1u32..=100,
         arb_within(),
         arb_within(),
     )
         .prop_map(
-            |(kind, plan, at_least, rule_within, p, p_within, d_within)| {
+            |(kind, plan, at_least, rule_within, without, p, p_within, d_within)| {
                 vec![
                     Segment::Rule(Rule {
                         name: "rule".into(),
@@ -174,6 +180,7 @@ fn arb_segments() -> impl Strategy<Value = Vec<Segment>> {
                             .unwrap_or_default(),
                         at_least,
                         within: rule_within,
+                        without: without.map(|i| Sym::of(["view", "click", "buy"][i])),
                     }),
                     Segment::Percentile(Percentile {
                         name: "top".into(),
@@ -323,6 +330,7 @@ fn membership_changes_when_only_time_passes() {
         filters: vec![],
         at_least: 2,
         within: HOUR,
+        without: None,
     });
     let dormant = Segment::Dormant(Dormant {
         name: "dormant".into(),
@@ -370,6 +378,75 @@ fn membership_changes_when_only_time_passes() {
 }
 
 #[test]
+fn a_purchase_leaving_the_window_makes_an_abandoner_again() {
+    let abandoners = Segment::Rule(Rule {
+        name: "abandoners".into(),
+        event: Sym::of("add_to_cart"),
+        filters: vec![],
+        at_least: 1,
+        within: DAY,
+        without: Some(Sym::of("purchase")),
+    });
+    let events = vec![
+        Event::new(UserId(1), START, "add_to_cart"),
+        Event::new(UserId(1), START + HOUR, "purchase"),
+        Event::new(UserId(1), START + 2 * HOUR, "add_to_cart"),
+        // Another user keeps the stream going past the purchase's expiry.
+        Event::new(UserId(2), START + 2 * DAY, "view"),
+    ];
+    for workers in [1, 3] {
+        let out = segments_dataflow(workers, &inserts(&events), vec![abandoners.clone()]);
+        let of = |as_of: i64| members_at(&out, as_of).get(&abandoners.key()).cloned();
+        let one = Some(BTreeSet::from([UserId(1)]));
+        assert_eq!(of(START), one, "cart add, no purchase yet");
+        assert_eq!(of(START + HOUR), None, "the purchase excludes");
+        assert_eq!(
+            of(START + 2 * HOUR),
+            None,
+            "a new cart add does not undo the purchase"
+        );
+        // The purchase leaves (T - 1d, T] at START + 1h + 1d; the second cart add is still in.
+        assert_eq!(of(START + DAY + HOUR - 1), None);
+        assert_eq!(
+            of(START + DAY + HOUR),
+            one,
+            "an abandoner again, with no new event"
+        );
+        // And out once the second cart add leaves too.
+        assert_eq!(of(START + DAY + 2 * HOUR - 1), one);
+        assert_eq!(of(START + DAY + 2 * HOUR), None);
+        assert_eq!(
+            oracle_members(
+                &events,
+                std::slice::from_ref(&abandoners),
+                START + DAY + HOUR
+            )
+            .get(&abandoners.key())
+            .cloned(),
+            one
+        );
+        // The re-entry is emitted at exactly the purchase's expiry.
+        let member = Out::Member(abandoners.key(), UserId(1));
+        let mut net: BTreeMap<u64, isize> = BTreeMap::new();
+        for (d, t, r) in &out {
+            if *d == member {
+                *net.entry(*t).or_default() += r;
+            }
+        }
+        net.retain(|_, r| *r != 0);
+        assert_eq!(
+            net.into_iter().collect::<Vec<_>>(),
+            vec![
+                (START as u64, 1),
+                ((START + HOUR) as u64, -1),
+                ((START + DAY + HOUR) as u64, 1),
+                ((START + DAY + 2 * HOUR) as u64, -1),
+            ]
+        );
+    }
+}
+
+#[test]
 fn forgetting_a_member_removes_them_from_every_segment() {
     let events = vec![
         Event::new(UserId(1), START, "buy"),
@@ -383,6 +460,7 @@ fn forgetting_a_member_removes_them_from_every_segment() {
             filters: vec![],
             at_least: 1,
             within: DAY,
+            without: None,
         }),
         top(100),
         Segment::Dormant(Dormant {

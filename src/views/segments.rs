@@ -3,7 +3,7 @@
 //! Three kinds (DESIGN "Views"), each relative to the as-of time of the snapshot through a
 //! sliding window of `within` seconds (see [`window`](super::window)):
 //! - [`Rule`]: performed a given event (with property filters) at least `at_least` times within
-//!   the window;
+//!   the window, and optionally no event of a `without` type within the same window;
 //! - [`Percentile`]: event count within the window at or above the nearest-rank percentile of
 //!   the counts of all users active within the window;
 //! - [`Dormant`]: seen before, but no event within the window.
@@ -21,7 +21,8 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 /// A rule segment: users who performed `event`, with every property filter matching, at least
-/// `at_least` times within the last `within` seconds.
+/// `at_least` times within the last `within` seconds, and (when `without` is set) no event of
+/// type `without` within the same window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     /// Segment name; the output is keyed by `Sym::of(name)`.
@@ -35,6 +36,11 @@ pub struct Rule {
     pub at_least: u64,
     /// Window length in seconds.
     pub within: i64,
+    /// An event type that excludes: a user with any event of this type (whatever its properties)
+    /// within the window is not a member, e.g. cart abandoners are users who added to the cart
+    /// but did not purchase. `None` excludes nobody.
+    #[serde(default)]
+    pub without: Option<Sym>,
 }
 
 /// A percentile segment: among users with at least one event within the last `within` seconds,
@@ -106,6 +112,7 @@ impl Segment {
 ///     filters: vec![(Sym::of("country"), Sym::of("FR"))],
 ///     at_least: 1,
 ///     within: 86_400,
+///     without: None,
 /// };
 /// let mut e = Event::new(UserId(1), 0, "buy");
 /// assert!(!matches(&rule, &e));
@@ -121,7 +128,9 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 }
 
 /// Members of a rule segment: `(Sym::of(rule.name), user)` for every user with at least
-/// `rule.at_least` matching events in the last `rule.within` seconds.
+/// `rule.at_least` matching events in the last `rule.within` seconds and, when `rule.without` is
+/// set, no event of that type in the same window. Both windows slide, so a user leaves when their
+/// matching events leave the window, and (re-)enters when their last `without` event leaves it.
 ///
 /// ```
 /// use behave::event::{Event, Sym, UserId};
@@ -135,6 +144,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 ///     filters: vec![],
 ///     at_least: 2,
 ///     within: 100,
+///     without: None,
 /// };
 /// let seen = Arc::new(Mutex::new(Vec::new()));
 /// let out = seen.clone();
@@ -156,6 +166,44 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 /// // A member from the second view until the first one leaves the window.
 /// assert_eq!(seen, vec![(UserId(1), 50, 1), (UserId(1), 110, -1)]);
 /// ```
+///
+/// With `without`, e.g. cart abandoners (added to the cart, no purchase in the window):
+///
+/// ```
+/// use behave::event::{Event, Sym, UserId};
+/// use behave::views::segments::{rule_members, Rule};
+/// use differential_dataflow::input::InputSession;
+/// use std::sync::{Arc, Mutex};
+///
+/// let rule = Rule {
+///     name: "abandoners".into(),
+///     event: Sym::of("add_to_cart"),
+///     filters: vec![],
+///     at_least: 1,
+///     within: 100,
+///     without: Some(Sym::of("purchase")),
+/// };
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let out = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let out = out.clone();
+///         rule_members(input.to_collection(scope), &rule)
+///             .consolidate()
+///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
+///     });
+///     input.advance_to(10);
+///     input.insert(Event::new(UserId(1), 10, "purchase"));
+///     input.advance_to(50);
+///     input.insert(Event::new(UserId(1), 50, "add_to_cart"));
+///     input.close();
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort_by_key(|(_, t, _)| *t);
+/// // An abandoner once the purchase leaves the window (110), until the cart add does (150).
+/// assert_eq!(seen, vec![(UserId(1), 110, 1), (UserId(1), 150, -1)]);
+/// ```
 pub fn rule_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     rule: &Rule,
@@ -163,11 +211,27 @@ pub fn rule_members<'s>(
     let key = Sym::of(&rule.name);
     let at_least = rule.at_least.max(1);
     let predicate = rule.clone();
-    let matching = events.filter(move |event| matches(&predicate, event));
-    sliding(matching, rule.within)
+    let matching = events
+        .clone()
+        .filter(move |event| matches(&predicate, event));
+    let qualified = sliding(matching, rule.within)
         .map(|event| event.user)
         .count()
-        .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((key, user)))
+        .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((user, ())));
+    let members = match rule.without {
+        None => qualified,
+        Some(without) => {
+            // Users with any `without` event in the same sliding window, as a set.
+            let excluded = sliding(
+                events.filter(move |event| event.kind == without),
+                rule.within,
+            )
+            .map(|event| event.user)
+            .distinct();
+            qualified.antijoin(excluded)
+        }
+    };
+    members.map(move |(user, ())| (key, user))
 }
 
 /// The nearest-rank `percentile`-th percentile of a histogram of counts: `histogram` holds
