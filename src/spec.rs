@@ -363,7 +363,7 @@ fn default_gap() -> Seconds {
     Seconds(30 * 60)
 }
 /// The default epoch length (see BENCHMARKS.md for how throughput depends on it).
-pub const DEFAULT_TICK: i64 = 3_600;
+pub const DEFAULT_TICK: i64 = 86_400;
 fn default_tick() -> Seconds {
     Seconds(DEFAULT_TICK)
 }
