@@ -666,27 +666,20 @@ pub fn ingest(
             }
         }
     };
-    match input.format {
-        Format::Csv => read_csv(
-            input,
-            options.events,
-            &mut ingestor,
-            &mut names,
-            emit,
-            &mut tick,
-        )?,
-        Format::Jsonl => read_jsonl(
-            input,
-            options.events,
-            &mut ingestor,
-            &mut names,
-            emit,
-            &mut tick,
-        )?,
-    }
+    let read = match input.format {
+        Format::Csv => read_csv,
+        Format::Jsonl => read_jsonl,
+    };
+    read(
+        input,
+        options.events,
+        &mut ingestor,
+        &mut names,
+        emit,
+        &mut tick,
+    )?;
     let as_of = ingestor.finish(options.as_of, emit);
-    let rejections = std::mem::take(&mut ingestor.rejections);
-    let mut rejections = rejections;
+    let mut rejections = std::mem::take(&mut ingestor.rejections);
     rejections.sort();
     Ok(IngestReport {
         counts: ingestor.counts.clone(),

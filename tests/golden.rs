@@ -193,13 +193,13 @@ fn another_key_gives_other_pseudonyms() {
     assert_eq!(with_spec_key.lines().count(), with_env_key.lines().count());
 }
 
-#[test]
-fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
+/// Replays `spec` revealing ids, with a change log; returns the out dir and the log's path.
+fn replay_with_changes(spec: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let out = common::temp_dir();
     let changes = out.path().join("changes.jsonl");
     let result = run_cli(&[
         "replay",
-        "dataflows/learning.toml",
+        spec,
         "--reveal-ids",
         "--out",
         out.path().to_str().unwrap(),
@@ -211,6 +211,12 @@ fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
         "{}",
         String::from_utf8_lossy(&result.stderr)
     );
+    (out, changes)
+}
+
+#[test]
+fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
+    let (out, changes) = replay_with_changes("dataflows/learning.toml");
     let records: Vec<serde_json::Value> = read(&changes)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
@@ -256,22 +262,7 @@ fn change_log_replays_to_the_snapshot_and_shows_time_driven_exits() {
 
 #[test]
 fn shop_purchase_leaving_the_window_makes_an_abandoner_again() {
-    let out = common::temp_dir();
-    let changes = out.path().join("changes.jsonl");
-    let result = run_cli(&[
-        "replay",
-        "dataflows/shop.toml",
-        "--reveal-ids",
-        "--out",
-        out.path().to_str().unwrap(),
-        "--changes",
-        changes.to_str().unwrap(),
-    ]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let (_out, changes) = replay_with_changes("dataflows/shop.toml");
     let chloe: Vec<(String, i64)> = read(&changes)
         .lines()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
