@@ -2,7 +2,9 @@
 //! and interned, and the small integer types every view is keyed by.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Event time in seconds since the Unix epoch (UTC).
 pub type Time = i64;
@@ -131,3 +133,31 @@ impl Event {
             .map(|i| self.props[i].1)
     }
 }
+
+/// A hasher for keys that already are uniform 64-bit hashes ([`UserId`], [`Sym`]): it uses the
+/// value as is instead of hashing it again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by UserId or Sym; a plain mix keeps other keys working.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// A map keyed by [`UserId`] or [`Sym`].
+pub type PrehashedMap<K, V> = HashMap<K, V, BuildHasherDefault<PrehashedHasher>>;
+
+/// A set of [`UserId`]s or [`Sym`]s.
+pub type PrehashedSet<K> = HashSet<K, BuildHasherDefault<PrehashedHasher>>;

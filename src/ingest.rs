@@ -6,7 +6,7 @@
 //! (with its line, the reason and the redacted raw row), so `read = accepted + duplicates +
 //! rejected` always holds.
 
-use crate::event::{Event, Sym, Time, UserId, Value};
+use crate::event::{Event, PrehashedMap, Sym, Time, UserId, Value};
 use crate::privacy::Identities;
 use crate::spec::{Format, InputSpec};
 use crate::time::parse_time;
@@ -247,7 +247,7 @@ pub struct Ingestor {
     seq: u64,
     forgets: VecDeque<ForgetRequest>,
     dedup: HashSet<Box<str>>,
-    users: HashMap<UserId, UserRecords>,
+    users: PrehashedMap<UserId, UserRecords>,
     counts: Counts,
     rejections: Vec<Rejection>,
     epoch: Option<Epoch>,
@@ -266,7 +266,7 @@ impl Ingestor {
             seq: 0,
             forgets: VecDeque::new(),
             dedup: HashSet::new(),
-            users: HashMap::new(),
+            users: PrehashedMap::default(),
             counts: Counts::default(),
             rejections: Vec::new(),
             epoch: None,
@@ -366,14 +366,21 @@ impl Ingestor {
                 .push(id.into());
         }
         self.watermark = Some(self.watermark.map_or(event.time, |w| w.max(event.time)));
-        self.seq += 1;
-        self.heap.push(Reverse(Pending {
-            time: event.time,
-            seq: self.seq,
-            line,
-            event,
-        }));
         let upto = self.watermark.unwrap_or(i64::MIN) - self.lateness;
+        let nothing_before =
+            self.heap.is_empty() && self.forgets.front().is_none_or(|f| f.time >= event.time);
+        if event.time <= upto && nothing_before {
+            // In order and due: what the buffer would release next anyway.
+            self.release_event(line, event, emit);
+        } else {
+            self.seq += 1;
+            self.heap.push(Reverse(Pending {
+                time: event.time,
+                seq: self.seq,
+                line,
+                event,
+            }));
+        }
         self.release(upto, emit);
         None
     }
@@ -586,13 +593,12 @@ fn validate<'a>(
 /// Display names of interned symbols (event types, items, properties) seen in the input.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    names: HashMap<Sym, String>,
+    names: PrehashedMap<Sym, String>,
 }
 
 impl Names {
-    /// Records a name.
-    pub fn note(&mut self, name: &str) {
-        let sym = Sym::of(name);
+    /// Records the name of `sym` (its string is only copied the first time).
+    pub fn note(&mut self, sym: Sym, name: &str) {
         self.names.entry(sym).or_insert_with(|| name.to_string());
     }
 
@@ -882,7 +888,7 @@ fn csv_row(
     };
     match validate(&fields, &mut ingestor.identities) {
         Ok((event, id)) => {
-            note_names(names, &fields);
+            note_names(names, &fields, &event);
             if let Some((reason, detail)) = ingestor.offer(line, event, id, emit) {
                 let raw = redacted(ingestor, record);
                 ingestor.reject(line, reason, detail, raw);
@@ -896,12 +902,12 @@ fn csv_row(
     }
 }
 
-fn note_names(names: &mut Names, fields: &Fields<'_>) {
+fn note_names(names: &mut Names, fields: &Fields<'_>, event: &Event) {
     if let Some(kind) = fields.event {
-        names.note(kind.trim());
+        names.note(event.kind, kind.trim());
     }
-    if let Some(item) = fields.item.map(str::trim).filter(|i| !i.is_empty()) {
-        names.note(item);
+    if let (Some(item), Some(sym)) = (fields.item, event.item) {
+        names.note(sym, item.trim());
     }
 }
 
@@ -1105,7 +1111,7 @@ fn json_row(
     let outcome = validate(&fields, &mut ingestor.identities);
     let rejected = match outcome {
         Ok((event, id)) => {
-            note_names(names, &fields);
+            note_names(names, &fields, &event);
             ingestor.offer(line, event, id, emit)
         }
         Err(rejection) => {

@@ -1,11 +1,11 @@
 //! Pseudonymization and erasure bookkeeping: keyed hashing of user ids, the key's sources,
 //! and the tombstone list of forgotten users (which holds only keyed hashes).
 
-use crate::event::UserId;
+use crate::event::{PrehashedSet, UserId};
 use crate::spec::InputSpec;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// Why no pseudonymization key could be had.
@@ -124,7 +124,7 @@ impl Pseudonymizer {
 pub struct Identities {
     pseudonymizer: Pseudonymizer,
     cache: HashMap<Box<str>, UserId>,
-    tombstones: HashSet<UserId>,
+    tombstones: PrehashedSet<UserId>,
     reveal: Option<HashMap<UserId, Box<str>>>,
 }
 
@@ -134,7 +134,7 @@ impl Identities {
         Identities {
             pseudonymizer: Pseudonymizer::new(key),
             cache: HashMap::new(),
-            tombstones: HashSet::new(),
+            tombstones: PrehashedSet::default(),
             reveal: reveal.then(HashMap::new),
         }
     }
