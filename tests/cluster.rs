@@ -7,15 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const VIEW_FILES: [&str; 7] = [
-    "sessions.csv",
-    "engagement.csv",
-    "segments.csv",
-    "segment_sizes.csv",
-    "retention_weekly_lessons.csv",
-    "retention_daily_ist.csv",
-    "rejected.csv",
-];
+use common::LEARNING_FILES as VIEW_FILES;
 
 fn replay(out: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(common::behave_bin());

@@ -64,15 +64,7 @@ fn learning_fixture_matches_expected_outputs() {
     check_golden(&Golden {
         spec: "dataflows/learning.toml",
         expected_dir: "fixtures/learning/expected",
-        files: &[
-            "sessions.csv",
-            "engagement.csv",
-            "segments.csv",
-            "segment_sizes.csv",
-            "retention_weekly_lessons.csv",
-            "retention_daily_ist.csv",
-            "rejected.csv",
-        ],
+        files: &common::LEARNING_FILES,
         counts: &[
             ("read", 59),
             ("accepted", 51),

@@ -9,6 +9,17 @@ use behave::spec::Spec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The files the shipped learning spec writes that must not depend on the worker count.
+pub const LEARNING_FILES: [&str; 7] = [
+    "sessions.csv",
+    "engagement.csv",
+    "segments.csv",
+    "segment_sizes.csv",
+    "retention_weekly_lessons.csv",
+    "retention_daily_ist.csv",
+    "rejected.csv",
+];
+
 /// One event as the oracle sees it: raw user id and time.
 #[derive(Clone, Debug)]
 pub struct RawEvent {
