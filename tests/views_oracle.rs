@@ -66,6 +66,10 @@ proptest! {
         prop_assert_eq!(table(&outcome, "engagement"), oracle_engagement(&kept, gap, 0, as_of));
         let s = &outcome.summary;
         prop_assert_eq!(s.read, s.accepted + s.duplicates + s.rejected);
+        // No forgotten user is a member of any segment.
+        for row in table(&outcome, "segments") {
+            prop_assert!(forgets.iter().all(|(u, _)| *u != row[1]), "{:?} is forgotten", row);
+        }
         prop_assert_eq!(s.forget_audit.residual_records, 0);
     }
 
