@@ -10,17 +10,13 @@ use std::time::{Duration, Instant};
 use common::LEARNING_FILES as VIEW_FILES;
 
 fn replay(out: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(common::behave_bin());
-    command
-        .args([
-            "replay",
-            "dataflows/learning.toml",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(extra)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("BEHAVE_KEY");
+    let mut command = common::behave_command(&[
+        "replay",
+        "dataflows/learning.toml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    command.args(extra);
     command
 }
 

@@ -4,15 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 fn run_cli(args: &[&str]) -> std::process::Output {
-    Command::new(common::behave_bin())
-        .args(args)
-        .env_remove("BEHAVE_KEY")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
+    common::behave_command(args).output().unwrap()
 }
 
 fn read(path: &Path) -> String {
@@ -163,16 +157,12 @@ fn another_key_gives_other_pseudonyms() {
     let a = common::temp_dir();
     let b = common::temp_dir();
     let run_with = |dir: &Path, key: Option<&str>| {
-        let mut command = Command::new(common::behave_bin());
-        command
-            .args([
-                "replay",
-                "dataflows/learning.toml",
-                "--out",
-                dir.to_str().unwrap(),
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env_remove("BEHAVE_KEY");
+        let mut command = common::behave_command(&[
+            "replay",
+            "dataflows/learning.toml",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
         if let Some(key) = key {
             command.env("BEHAVE_KEY", key);
         }

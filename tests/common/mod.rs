@@ -209,6 +209,17 @@ pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// The `behave` binary with `args`, run from the repository root with `$BEHAVE_KEY` unset (so
+/// the shipped specs' demo key is used).
+pub fn behave_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(behave_bin());
+    command
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("BEHAVE_KEY");
+    command
+}
+
 /// Path of the `behave` binary built for integration tests.
 pub fn behave_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_behave"))
