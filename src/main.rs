@@ -34,6 +34,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
     let started = Arc::new(AtomicBool::new(false));
     if clustered {
         watch_connections(&cluster, started.clone(), args.connect_timeout);
+        exit_on_lost_peer(&cluster);
     }
     let outcome = replay(ReplayOptions {
         spec,
@@ -100,6 +101,49 @@ fn watch_connections(cluster: &behave::runtime::Cluster, started: Arc<AtomicBool
         eprintln!("behave: error: cluster not connected after {timeout} s: {who}");
         std::process::exit(3);
     });
+}
+
+/// Set once a lost peer has been reported: later panics (workers finding their channels
+/// poisoned) stay quiet, and only the first reporter exits.
+static LOST_PEER: AtomicBool = AtomicBool::new(false);
+
+/// Exits with status 3, naming the peer, as soon as a connection to another process of the
+/// cluster breaks mid-run (the peer died, was killed, or its machine went away).
+///
+/// Timely panics in its network thread when a peer's socket closes; left alone, that panic
+/// only prints a backtrace, and this process either fails later with a vague "workers stopped"
+/// or, when its workers are waiting for input, hangs forever. The run cannot continue without
+/// the peer's shards, so the only correct outcome is to fail at once and say why.
+fn exit_on_lost_peer(cluster: &behave::runtime::Cluster) {
+    let addresses = cluster.addresses.clone();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let thread = std::thread::current();
+        let peer = behave::runtime::lost_peer(thread.name().unwrap_or(""), message);
+        if let Some(peer) = peer {
+            if LOST_PEER.swap(true, Ordering::SeqCst) {
+                // Another network thread is already reporting and exiting.
+                loop {
+                    std::thread::park();
+                }
+            }
+            let address = addresses.get(peer).map_or("?", String::as_str);
+            eprintln!(
+                "behave: error: lost connection to process {peer} at {address} mid-run ({message}); \
+                 the run failed: restart every process to rerun it"
+            );
+            std::process::exit(3);
+        }
+        if !LOST_PEER.load(Ordering::SeqCst) {
+            default(info);
+        }
+    }));
 }
 
 fn reachable(address: &str) -> bool {

@@ -466,6 +466,24 @@ fn audit(
     }
 }
 
+/// The process index of the peer a panic of one of timely's communication threads is about,
+/// given the panicking thread's name and the panic message.
+///
+/// Timely names its network threads `timely:send-I` and `timely:recv-I` (I the remote process)
+/// and panics in them with a message starting `timely communication error` when a peer's
+/// connection closes or fails. The worker threads of this process then panic on their next
+/// step (`MergeQueue poisoned`) or, while they wait for input, never notice at all: a binary
+/// should turn such a panic into an exit naming the peer (the `behave` binary does).
+pub fn lost_peer(thread: &str, message: &str) -> Option<usize> {
+    if !message.starts_with("timely communication error") {
+        return None;
+    }
+    thread
+        .strip_prefix("timely:recv-")
+        .or_else(|| thread.strip_prefix("timely:send-"))
+        .and_then(|index| index.parse().ok())
+}
+
 /// The cluster shape: threads per process, and the processes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
@@ -648,5 +666,20 @@ impl Runner {
             }
         }
         Ok(finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_peer;
+
+    #[test]
+    fn lost_peer_recognises_timely_network_threads_only() {
+        let closed = "timely communication error: reading data: socket closed";
+        assert_eq!(lost_peer("timely:recv-1", closed), Some(1));
+        assert_eq!(lost_peer("timely:send-12", closed), Some(12));
+        assert_eq!(lost_peer("timely:recv-1", "MergeQueue poisoned."), None);
+        assert_eq!(lost_peer("main", closed), None);
+        assert_eq!(lost_peer("timely:recv-x", closed), None);
     }
 }

@@ -119,3 +119,125 @@ fn a_missing_peer_fails_in_bounded_time_naming_it() {
         "{stderr}"
     );
 }
+
+/// Starts two processes (two workers each) on the learning spec, each reading its events from a
+/// named pipe, feeds them the first rows of the fixture and keeps the pipes open, so both are
+/// connected and mid-run; then kills process `victim` and returns how the survivor ended:
+/// `(exit code, stderr, seconds from the kill to its exit, victim's address)`.
+fn kill_mid_run(victim: usize) -> (Option<i32>, String, f64, String) {
+    let dir = common::temp_dir();
+    let pipes: Vec<_> = (0..2)
+        .map(|p| dir.path().join(format!("events-{p}")))
+        .collect();
+    for pipe in &pipes {
+        let made = Command::new("mkfifo").arg(pipe).status().unwrap();
+        assert!(made.success(), "mkfifo {}", pipe.display());
+    }
+    let addresses = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, addresses.join("\n") + "\n").unwrap();
+    let mut children: Vec<_> = (0..2)
+        .map(|p| {
+            replay(
+                &dir.path().join("out"),
+                &[
+                    "--events",
+                    pipes[p].to_str().unwrap(),
+                    "-w",
+                    "2",
+                    "-n",
+                    "2",
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                    hostfile.to_str().unwrap(),
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    // A process opens its event file only once the cluster is connected, so opening the write
+    // ends (which blocks until the reader opens) also waits for the connection.
+    let (sender, opened) = std::sync::mpsc::channel();
+    let to_open = pipes.clone();
+    std::thread::spawn(move || {
+        for pipe in to_open {
+            let writer = std::fs::OpenOptions::new().write(true).open(pipe);
+            let _ = sender.send(writer);
+        }
+    });
+    let head: String = std::fs::read_to_string("fixtures/learning/events.csv")
+        .unwrap()
+        .lines()
+        .take(30)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut writers = Vec::new();
+    for _ in &pipes {
+        let Ok(writer) = opened.recv_timeout(Duration::from_secs(60)) else {
+            children.iter_mut().for_each(|c| drop(c.kill()));
+            panic!("the processes did not connect and open their input within 60 s");
+        };
+        let mut writer = writer.unwrap();
+        std::io::Write::write_all(&mut writer, head.as_bytes()).unwrap();
+        writers.push(writer);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let survivor = 1 - victim;
+    assert!(
+        children[survivor].try_wait().unwrap().is_none(),
+        "process {survivor} ended before the kill"
+    );
+    children[victim].kill().unwrap();
+    children[victim].wait().unwrap();
+    let killed = Instant::now();
+    let mut child = children.swap_remove(survivor);
+    while child.try_wait().unwrap().is_none() {
+        if killed.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("process {survivor} still running 30 s after its peer was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seconds = killed.elapsed().as_secs_f64();
+    drop(writers);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (
+        output.status.code(),
+        stderr,
+        seconds,
+        addresses[victim].clone(),
+    )
+}
+
+#[test]
+fn killing_a_worker_process_fails_the_gatherer_at_once_naming_it() {
+    let (code, stderr, seconds, address) = kill_mid_run(1);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("lost connection to process 1 at {address}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(seconds < 30.0, "{seconds} s");
+}
+
+#[test]
+fn killing_the_gathering_process_fails_the_others_at_once_naming_it() {
+    let (code, stderr, seconds, address) = kill_mid_run(0);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("lost connection to process 0 at {address}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(seconds < 30.0, "{seconds} s");
+}
