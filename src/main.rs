@@ -1,7 +1,7 @@
 //! The `behave` command.
 
 use anyhow::Context;
-use behave::cli::{Cli, Command, ReplayArgs};
+use behave::cli::{Cli, ClusterTestArgs, Command, ReplayArgs};
 use behave::replay::{replay, ReplayOptions};
 use behave::spec::Spec;
 use clap::Parser;
@@ -16,6 +16,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
+        Command::ClusterTest(args) => run_cluster_test(args),
     };
     if let Err(error) = result {
         eprintln!("behave: error: {error:#}");
@@ -67,6 +68,34 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
             "forget audit failed: {} records of forgotten users remain in the arrangements",
             outcome.summary.forget_audit.residual_records
         );
+    }
+    Ok(())
+}
+
+/// `behave cluster-test`: exits 0 when the cluster's output equals the one-worker run's, 1 when
+/// it differs, 2 when the test could not run (a process failed or timed out).
+fn run_cluster_test(args: ClusterTestArgs) -> anyhow::Result<()> {
+    let options = behave::cluster_test::ClusterTestOptions {
+        exe: std::env::current_exe().context("locating the behave executable")?,
+        spec: args.spec,
+        processes: args.processes,
+        workers: args.workers,
+        events: args.events,
+        forget: args.forget,
+        keep: args.keep,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let verdict = behave::cluster_test::cluster_test(&options).with_context(|| {
+        format!(
+            "cluster test of {} on {} processes x {} workers",
+            options.spec.display(),
+            options.processes,
+            options.workers
+        )
+    })?;
+    print!("{}", verdict.text(&options));
+    if !verdict.identical() {
+        std::process::exit(1);
     }
     Ok(())
 }

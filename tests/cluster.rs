@@ -1,5 +1,7 @@
 //! Worker independence through the binary: `-w 1`, `-w 3` and two processes on loopback
-//! write byte-identical snapshots; a process whose peer never comes fails in bounded time.
+//! write byte-identical snapshots, and `behave cluster-test` finds every shipped spec identical
+//! on two and three processes; a process whose peer never comes, or dies mid-run, fails in
+//! bounded time naming it.
 
 mod common;
 
@@ -86,6 +88,123 @@ fn threads_and_processes_give_identical_snapshots() {
         );
     }
     assert_eq!(reference, files(&out));
+}
+
+/// The shipped specs (`dataflows/*.toml`) whose input files are present, sorted; a spec whose
+/// data is absent (e.g. MovieLens, downloaded into the ignored `data/`) is skipped with a note.
+fn runnable_specs() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut specs: Vec<_> = std::fs::read_dir(root.join("dataflows"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    specs.sort();
+    specs.retain(|path| {
+        let spec = behave::spec::Spec::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let inputs = std::iter::once(&spec.input.events).chain(spec.input.forget.as_ref());
+        let missing: Vec<_> = inputs.filter(|input| !root.join(input).exists()).collect();
+        if !missing.is_empty() {
+            eprintln!("skipping {}: input {:?} is absent", path.display(), missing);
+        }
+        missing.is_empty()
+    });
+    specs
+}
+
+/// `behave cluster-test` on `spec`: asserts it exits 0, that every view file of the spec was
+/// compared and identical, and returns the verdict.
+fn cluster_test(spec: &Path, processes: usize, workers: usize) -> String {
+    let output = common::behave_command(&[
+        "cluster-test",
+        spec.to_str().unwrap(),
+        "--processes",
+        &processes.to_string(),
+        "--workers",
+        &workers.to_string(),
+        "--timeout",
+        "300",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{}: {stdout}{stderr}",
+        spec.display()
+    );
+    let parsed = behave::spec::Spec::load(spec).unwrap();
+    let mut expected = vec![
+        "rejected.csv".to_string(),
+        "tombstones.csv".into(),
+        "summary.json".into(),
+    ];
+    if parsed.sessions.is_some() {
+        expected.push("sessions.csv".into());
+    }
+    if parsed.engagement.is_some() {
+        expected.push("engagement.csv".into());
+    }
+    if !parsed.segment.is_empty() {
+        expected.push("segments.csv".into());
+        expected.push("segment_sizes.csv".into());
+    }
+    for table in &parsed.retention {
+        expected.push(format!("retention_{}.csv", table.name));
+    }
+    for file in &expected {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(file.as_str()) && l.contains("identical")),
+            "{}: {file} not compared identical:\n{stdout}",
+            spec.display()
+        );
+    }
+    let compared: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("IDENTICAL: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no verdict in {stdout}", spec.display()));
+    assert!(compared >= expected.len(), "{}: {stdout}", spec.display());
+    assert!(
+        stdout.contains(", 0 differ"),
+        "{}: {stdout}",
+        spec.display()
+    );
+    stdout
+}
+
+#[test]
+fn every_shipped_spec_on_two_and_three_processes_equals_one_worker() {
+    let specs = runnable_specs();
+    assert!(
+        specs.len() >= 2,
+        "the learning and shop specs ship with data"
+    );
+    for spec in &specs {
+        cluster_test(spec, 2, 2);
+        cluster_test(spec, 3, 1);
+    }
+}
+
+#[test]
+fn cluster_test_reports_a_failing_process() {
+    let dir = common::temp_dir();
+    let output = common::behave_command(&[
+        "cluster-test",
+        "dataflows/learning.toml",
+        "--events",
+        dir.path().join("absent.csv").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("failed (exit status: 2)"), "{stderr}");
+    assert!(stderr.contains("absent.csv"), "{stderr}");
 }
 
 #[test]
