@@ -1,6 +1,7 @@
 //! Execution: runs the views of a spec on timely workers (threads and processes), feeds them
-//! the epochs the ingestor cuts, gathers the output to worker 0 as an exact snapshot at the
-//! as-of time, and audits the arrangements for records of forgotten users.
+//! the epochs the ingestor cuts, keeps each worker's part of the output, gathers the parts to
+//! worker 0 as an exact snapshot at the as-of time, and audits the arrangements for records of
+//! forgotten users.
 
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
@@ -273,9 +274,11 @@ struct WorkerResult {
 /// How many epochs a worker lets its dataflow fall behind the input before waiting.
 const MAX_LAG: usize = 4;
 
-/// Gathers output updates on worker 0: folds those at or before the latest input time into
-/// the snapshot, keeps later ones (from windowed views, which schedule retractions ahead)
-/// until the input reaches their time, and optionally logs every change.
+/// Folds the output updates a worker's views produce into its part of the snapshot: those at
+/// or before the latest input time join it, later ones (from windowed views, which schedule
+/// retractions ahead) wait until the input reaches their time; optionally logs every change.
+/// Each worker keeps the rows of its own keys; the parts meet on worker 0 only at the end
+/// ([`collect_on_first`]), so no single worker handles every output change of the run.
 #[derive(Default)]
 struct Gather {
     input_time: u64,
@@ -318,19 +321,85 @@ impl Gather {
         self.advance(as_of);
         let changes = self.changes.map(|mut changes| {
             changes.retain(|(_, time, _)| *time <= as_of);
-            changes.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-            let mut consolidated: Vec<(Row, u64, Diff)> = Vec::with_capacity(changes.len());
-            for (row, time, diff) in changes {
-                match consolidated.last_mut() {
-                    Some(last) if last.0 == row && last.1 == time => last.2 += diff,
-                    _ => consolidated.push((row, time, diff)),
-                }
-            }
-            consolidated.retain(|(_, _, diff)| *diff != 0);
-            consolidated
+            consolidate_changes(changes)
         });
         (self.current.into_iter().collect(), changes)
     }
+}
+
+/// Sorts changes by time (then row) and sums the diffs of equal `(row, time)`, dropping zeros.
+fn consolidate_changes(mut changes: Changes) -> Changes {
+    changes.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let mut consolidated: Vec<(Row, u64, Diff)> = Vec::with_capacity(changes.len());
+    for (row, time, diff) in changes {
+        match consolidated.last_mut() {
+            Some(last) if last.0 == row && last.1 == time => last.2 += diff,
+            _ => consolidated.push((row, time, diff)),
+        }
+    }
+    consolidated.retain(|(_, _, diff)| *diff != 0);
+    consolidated
+}
+
+/// A piece of a worker's final output on its way to worker 0.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Piece {
+    /// A snapshot row (its multiplicity is the update's diff).
+    Row(Row),
+    /// A change of the change log: the row and its time (the diff is the update's).
+    Change(Row, u64),
+}
+
+/// Sends every worker's part of the snapshot (and change log) to worker 0, in a one-off
+/// dataflow that every worker builds at the end of the run, and returns the whole on worker 0
+/// (empty elsewhere). This is the only point where output crosses workers.
+fn collect_on_first(
+    worker: &mut timely::worker::Worker,
+    snapshot: Snapshot,
+    changes: Option<Changes>,
+) -> (Snapshot, Option<Changes>) {
+    let logging = changes.is_some();
+    let received: Rc<RefCell<Vec<(Piece, Diff)>>> = Rc::default();
+    let sink = received.clone();
+    let mut input: InputSession<u64, Piece, Diff> = InputSession::new();
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        input
+            .to_collection(scope)
+            .inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_time, updates| {
+                let mut sink = sink.borrow_mut();
+                sink.extend(
+                    updates
+                        .iter()
+                        .map(|(piece, _, diff)| (piece.clone(), *diff)),
+                );
+            })
+            .probe_with(&probe);
+    });
+    for (row, diff) in snapshot {
+        input.update(Piece::Row(row), diff);
+    }
+    for (row, time, diff) in changes.into_iter().flatten() {
+        input.update(Piece::Change(row, time), diff);
+    }
+    input.advance_to(1);
+    input.flush();
+    worker.step_while(|| probe.less_than(&1));
+    let mut whole: HashMap<Row, Diff> = HashMap::new();
+    let mut log = Vec::new();
+    for (piece, diff) in received.take() {
+        match piece {
+            Piece::Row(row) => fold(&mut whole, row, diff),
+            Piece::Change(row, time) => log.push((row, time, diff)),
+        }
+    }
+    (
+        whole.into_iter().collect(),
+        logging.then(|| consolidate_changes(log)),
+    )
 }
 
 fn fold(map: &mut HashMap<Row, Diff>, row: Row, diff: Diff) {
@@ -356,7 +425,7 @@ fn run_worker(
 ) -> WorkerResult {
     let index = worker.index();
     let gather = Rc::new(RefCell::new(Gather {
-        changes: (index == 0 && config.record_changes).then(Vec::new),
+        changes: config.record_changes.then(Vec::new),
         ..Gather::default()
     }));
     let mut input: InputSession<u64, Event, Diff> = InputSession::new();
@@ -365,10 +434,7 @@ fn run_worker(
         let events = input.to_collection(scope);
         let (rows, audited) = build_views(events, config);
         let sink = gather.clone();
-        rows.inner
-            .exchange(|_| 0)
-            .as_collection()
-            .inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
+        rows.inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
             .probe_with(&probe);
         audited
     });
@@ -418,9 +484,10 @@ fn run_worker(
                 gather.borrow_mut().advance(as_of);
                 worker.step_while(|| probe.less_than(input.time()));
                 result.audit = audit(worker, &mut audited, as_of + 1, &forgotten);
+                let taken = std::mem::take(&mut *gather.borrow_mut());
+                let (part, part_changes) = taken.finish(as_of);
+                let (snapshot, changes) = collect_on_first(worker, part, part_changes);
                 if index == 0 {
-                    let taken = std::mem::take(&mut *gather.borrow_mut());
-                    let (snapshot, changes) = taken.finish(as_of);
                     result.snapshot = Some(snapshot);
                     result.changes = changes;
                 }
