@@ -47,6 +47,10 @@ pub struct ClusterTestArgs {
     /// Seconds all runs together may take before they are killed.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Do not write and compare the change log of every view (`changes.jsonl`); for large
+    /// inputs, whose change log would not fit in memory.
+    #[arg(long)]
+    pub no_changes: bool,
 }
 
 /// Arguments of `behave replay`.

@@ -20,6 +20,9 @@ pub const SUMMARY_FIELDS_IGNORED: [&str; 6] = [
     "forget_audit.physical_records",
 ];
 
+/// The change log's name in each output directory.
+pub const CHANGES_FILE: &str = "changes.jsonl";
+
 /// Why a cluster test could not run to a verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterTestError {
@@ -85,6 +88,8 @@ pub struct ClusterTestOptions {
     pub keep: Option<PathBuf>,
     /// How long all runs together may take.
     pub timeout: Duration,
+    /// Also write and compare the change log of every view (`changes.jsonl`, `--changes`).
+    pub changes: bool,
 }
 
 /// How one output file compares.
@@ -373,6 +378,9 @@ fn start_run(
         .arg(&options.spec)
         .arg("--out")
         .arg(out);
+    if options.changes {
+        command.arg("--changes").arg(out.join(CHANGES_FILE));
+    }
     if let Some(events) = &options.events {
         command.arg("--events").arg(events);
     }
@@ -697,6 +705,7 @@ mod tests {
             forget: None,
             keep: None,
             timeout: Duration::from_secs(1),
+            changes: true,
         };
         let text = verdict.text(&options);
         assert!(

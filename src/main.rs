@@ -84,6 +84,7 @@ fn run_cluster_test(args: ClusterTestArgs) -> anyhow::Result<()> {
         forget: args.forget,
         keep: args.keep,
         timeout: Duration::from_secs(args.timeout),
+        changes: !args.no_changes,
     };
     let verdict = behave::cluster_test::cluster_test(&options).with_context(|| {
         format!(

@@ -136,6 +136,7 @@ fn cluster_test(spec: &Path, processes: usize, workers: usize) -> String {
     );
     let parsed = behave::spec::Spec::load(spec).unwrap();
     let mut expected = vec![
+        "changes.jsonl".to_string(),
         "rejected.csv".to_string(),
         "tombstones.csv".into(),
         "summary.json".into(),
