@@ -358,9 +358,9 @@ fn print_table(spec: &Path, rows: &[(ReplayResult, ForgetResult)]) {
     let tick = rows.first().map_or(0, |(r, _)| r.tick);
     println!("### {name} (every view; tick {tick} s)\n");
     println!(
-        "| workers | wall s (median) | events/s | speed-up | CPU/wall | peak RSS MiB | forget p50 ms | p99 ms | heaviest ms | p50 vs 1 worker | residual |"
+        "| workers | wall s (median) | events/s | speed-up | CPU s | CPU/wall | peak RSS MiB | forget p50 ms | p99 ms | heaviest ms | p50 vs 1 worker | residual |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let base = rows.first();
     let p50 = |f: &ForgetResult| {
         let mut sorted = f.latencies_ms.clone();
@@ -372,12 +372,13 @@ fn print_table(spec: &Path, rows: &[(ReplayResult, ForgetResult)]) {
         let speedup = base.map_or(f64::NAN, |(b, _)| replay.events_per_s / b.events_per_s);
         let ratio = base.map_or(f64::NAN, |(_, b)| f50 / p50(b).0);
         println!(
-            "| {} | {:.2} ({:.2}) | {:.0} | {:.2}× | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2}× | {} |",
+            "| {} | {:.2} ({:.2}) | {:.0} | {:.2}× | {:.1} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2}× | {} |",
             replay.workers,
             replay.wall_s,
             replay.median_wall_s,
             replay.events_per_s,
             speedup,
+            replay.usage.cpu_s,
             replay.usage.cpu_s / replay.wall_s.max(1e-9),
             replay.usage.peak_kib as f64 / 1024.0,
             f50,
