@@ -244,6 +244,7 @@ fn a_missing_peer_fails_in_bounded_time_naming_it() {
 /// named pipe, feeds them the first rows of the fixture and keeps the pipes open, so both are
 /// connected and mid-run; then kills process `victim` and returns how the survivor ended:
 /// `(exit code, stderr, seconds from the kill to its exit, victim's address)`.
+#[cfg(unix)]
 fn kill_mid_run(victim: usize) -> (Option<i32>, String, f64, String) {
     let dir = common::temp_dir();
     let pipes: Vec<_> = (0..2)
@@ -338,6 +339,7 @@ fn kill_mid_run(victim: usize) -> (Option<i32>, String, f64, String) {
     )
 }
 
+#[cfg(unix)]
 #[test]
 fn killing_a_worker_process_fails_the_gatherer_at_once_naming_it() {
     let (code, stderr, seconds, address) = kill_mid_run(1);
@@ -350,6 +352,7 @@ fn killing_a_worker_process_fails_the_gatherer_at_once_naming_it() {
     assert!(seconds < 30.0, "{seconds} s");
 }
 
+#[cfg(unix)]
 #[test]
 fn killing_the_gathering_process_fails_the_others_at_once_naming_it() {
     let (code, stderr, seconds, address) = kill_mid_run(0);
