@@ -364,3 +364,36 @@ fn killing_the_gathering_process_fails_the_others_at_once_naming_it() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(seconds < 30.0, "{seconds} s");
 }
+
+#[cfg(unix)]
+#[test]
+fn cluster_test_kills_runs_that_do_not_finish_in_time_and_names_them() {
+    // Every run blocks opening a named pipe nobody writes to, so none can finish.
+    let dir = common::temp_dir();
+    let pipe = dir.path().join("events");
+    assert!(Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let output = common::behave_command(&[
+        "cluster-test",
+        "dataflows/learning.toml",
+        "--events",
+        pipe.to_str().unwrap(),
+        "--timeout",
+        "3",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(
+        stderr.contains(
+            "process 0 of 2, process 1 of 2, the one-worker run did not finish within 3 s"
+        ),
+        "{stderr}"
+    );
+}
