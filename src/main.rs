@@ -5,7 +5,7 @@ use behave::cli::{Cli, ClusterTestArgs, Command, ReplayArgs};
 use behave::replay::{replay, ReplayOptions};
 use behave::spec::Spec;
 use clap::Parser;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,7 +164,9 @@ fn exit_on_lost_peer(cluster: &behave::runtime::Cluster) {
                 }
             }
             let address = addresses.get(peer).map_or("?", String::as_str);
-            eprintln!(
+            // Not eprintln!: a failed write must not panic inside the panic hook.
+            let _ = writeln!(
+                std::io::stderr(),
                 "behave: error: lost connection to process {peer} at {address} mid-run ({message}); \
                  the run failed: restart every process to rerun it"
             );
