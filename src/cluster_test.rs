@@ -121,9 +121,10 @@ pub enum Comparison {
 pub struct Verdict {
     /// Every output file by name, sorted, with how it compares.
     pub files: Vec<(String, Comparison)>,
-    /// Wall seconds of the cluster run (all processes) and of the one-worker run.
+    /// Wall seconds from the start until the last cluster process ended.
     pub cluster_s: f64,
-    /// Wall seconds of the one-worker run.
+    /// Wall seconds from the start until the one-worker run ended (it runs beside the
+    /// cluster, so both figures include the other's load).
     pub single_s: f64,
     /// Where the outputs were kept, if they were.
     pub kept: Option<PathBuf>,
