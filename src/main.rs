@@ -61,10 +61,12 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
             print!("{text}");
         }
     }
-    if outcome.summary.forget_audit.residual_records > 0 {
+    let audit = &outcome.summary.forget_audit;
+    if audit.residual_records > 0 || audit.physical_records > 0 {
         anyhow::bail!(
-            "forget audit failed: {} records of forgotten users remain in the arrangements",
-            outcome.summary.forget_audit.residual_records
+            "forget audit failed: {} records ({} physical updates) of forgotten users remain in the arrangements",
+            audit.residual_records,
+            audit.physical_records
         );
     }
     Ok(())

@@ -388,11 +388,10 @@ impl Summary {
         line(
             "forget audit",
             format!(
-                "{} records of forgotten users left in {} arrangements ({} cancelled updates await a merge)",
+                "{} records of forgotten users in {} arrangements ({} updates physically left)",
                 self.forget_audit.residual_records,
                 self.forget_audit.traces,
                 self.forget_audit.physical_records
-                    .saturating_sub(self.forget_audit.residual_records)
             ),
         );
         line("as of", self.as_of.clone().unwrap_or_else(|| "-".into()));

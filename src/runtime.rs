@@ -113,6 +113,8 @@ pub trait AuditedTrace {
     fn compact_to(&mut self, time: u64);
     /// How many physical updates the trace still holds for any of `users` (sorted).
     fn records_of(&mut self, users: &[UserId]) -> Residue;
+    /// How many batches with updates the trace holds (idle merging brings it down to one).
+    fn batches(&self) -> usize;
 }
 
 /// What a trace still holds of some users.
@@ -174,6 +176,33 @@ impl<V: differential_dataflow::ExchangeData> AuditedTrace for UserKeyed<V> {
         }
         residue
     }
+
+    fn batches(&self) -> usize {
+        let mut batches = 0;
+        self.trace
+            .map_spans(|span| batches += usize::from(span.has_updates()));
+        batches
+    }
+}
+
+/// The event type of the purge pulse: events the runtime inserts after the snapshot time and
+/// retracts again, so that every arrangement receives one more non-empty batch and idle merging
+/// rewrites it under the compaction frontier, which drops the cancelled updates of forgotten
+/// users physically. They never reach a snapshot (their times are after the as-of time).
+pub const PURGE_EVENT: &str = "behave.purge";
+
+/// Pulse users per worker: enough that every worker's shard of every user-keyed arrangement
+/// receives at least one, whatever the routing hash does (a worker is missed with
+/// probability about `peers · e⁻⁶⁴`).
+const PULSE_USERS_PER_WORKER: u64 = 64;
+
+/// The pulse events worker `index` of `peers` inserts at `time`: reserved pseudonyms at the
+/// top of the id space (an HMAC output lands there with probability 2⁻⁵²).
+fn pulse(index: usize, peers: usize, time: u64) -> impl Iterator<Item = Event> {
+    (0..PULSE_USERS_PER_WORKER).map(move |k| {
+        let slot = k * peers as u64 + index as u64;
+        Event::new(UserId(u64::MAX - slot), time as i64, PURGE_EVENT)
+    })
 }
 
 /// Builds the views of `config` over `events`: the gathered output rows and the traces to audit.
@@ -207,12 +236,21 @@ pub fn build_views<'s>(
         outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
     }
     if !config.segments.is_empty() {
-        // Not audited yet: a membership entered and left at two different times can stay in a
-        // single compacted batch (net zero) until a later merge, which idle merging does not
-        // force; the views themselves never show a forgotten member.
+        // The purge pulse enters the membership arrangement directly: pulse users belong to no
+        // segment, and the arrangement needs a batch after a forget to be rewritten.
+        let purge = Sym::of(PURGE_EVENT);
+        let pulse = events
+            .clone()
+            .filter(move |e| e.kind == purge)
+            .map(move |e| (e.user, purge));
         let members = segments::all_members(events.clone(), &config.segments)
             .map(|(segment, user)| (user, segment))
+            .concat(pulse)
             .arrange_by_key_named("SegmentMembers");
+        audited.push(Box::new(UserKeyed {
+            name: "segment_members".into(),
+            trace: members.trace.clone(),
+        }));
         outputs.push(members.as_collection(|u: &UserId, s: &Sym| Row::Member(*s, *u)));
     }
     for (table, (_, spec)) in config.retention.iter().enumerate() {
@@ -251,9 +289,10 @@ pub struct Audit {
     /// Records of forgotten users whose updates do not cancel: data still held (0 is the
     /// promise, and a run fails otherwise).
     pub residual_records: usize,
-    /// Physical updates of forgotten users still present, cancelled ones included (an insertion
-    /// and its retraction at two times in one batch leave only when that batch is next merged,
-    /// which idle merging does not force once an arrangement is down to one batch).
+    /// Physical updates of forgotten users still present, cancelled ones included: the bytes of
+    /// an insertion and its retraction at two times stay until a merge rewrites their batch,
+    /// which the purge pulse at the end of a run forces (0 is the promise, as for
+    /// `residual_records`).
     pub physical_records: usize,
 }
 
@@ -417,13 +456,26 @@ fn run_worker(
                 input.flush();
                 gather.borrow_mut().advance(as_of);
                 worker.step_while(|| probe.less_than(input.time()));
-                result.audit = audit(worker, &mut audited, as_of + 1, &forgotten);
                 if index == 0 {
                     let taken = std::mem::take(&mut *gather.borrow_mut());
                     let (snapshot, changes) = taken.finish(as_of);
                     result.snapshot = Some(snapshot);
                     result.changes = changes;
                 }
+                // After the snapshot: the purge pulse, one epoch in and one out.
+                let start = *input.time();
+                let peers = worker.peers();
+                for event in pulse(index, peers, start) {
+                    input.update(event, 1);
+                }
+                input.advance_to(start + 1);
+                for event in pulse(index, peers, start) {
+                    input.update(event, -1);
+                }
+                input.advance_to(start + 2);
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+                result.audit = audit(worker, &mut audited, start + 2, &forgotten);
                 let _ = acks.send(index);
             }
         }
@@ -431,8 +483,9 @@ fn run_worker(
     result
 }
 
-/// Compacts every audited trace to `time`, lets idle merging finish, and counts what remains
-/// of the forgotten users.
+/// Compacts every audited trace to `time`, lets idle merging bring each down to one batch
+/// (rewritten under the compaction frontier, which drops cancelled updates), and counts what
+/// remains of the forgotten users.
 fn audit(
     worker: &mut timely::worker::Worker,
     traces: &mut [Box<dyn AuditedTrace>],
@@ -442,22 +495,17 @@ fn audit(
     for trace in traces.iter_mut() {
         trace.compact_to(time);
     }
-    let count = |traces: &mut [Box<dyn AuditedTrace>]| {
-        traces
-            .iter_mut()
-            .map(|t| t.records_of(forgotten))
-            .fold(Residue::default(), |a, b| a + b)
-    };
-    let mut residue = count(traces);
-    // Give idle merging a bounded chance to drop cancelled updates too.
-    let mut rounds = 0;
-    while residue.physical > 0 && rounds < 64 {
-        for _ in 0..16 {
-            worker.step();
-        }
-        residue = count(traces);
-        rounds += 1;
+    // Idle merging works while a trace holds more than one batch; the pulse guarantees that
+    // each one does at this point. The bound only guards against a merge that never ends.
+    let mut steps = 0u64;
+    while traces.iter().any(|t| t.batches() > 1) && steps < 10_000_000 {
+        worker.step();
+        steps += 1;
     }
+    let residue = traces
+        .iter_mut()
+        .map(|t| t.records_of(forgotten))
+        .fold(Residue::default(), |a, b| a + b);
     Audit {
         traces: traces.len(),
         users: forgotten.len(),
