@@ -5,6 +5,7 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
+use crate::views::window::Expiry;
 use crate::views::{self, segments, Diff, Engagement, RetentionSpec, Segment, Session};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::TraceAgent;
@@ -70,7 +71,9 @@ pub struct ViewConfig {
     pub segments: Vec<Segment>,
     /// Retention tables `(name, definition)`, in spec order.
     pub retention: Vec<(String, RetentionSpec)>,
-    /// Also keep every change of every view, for a change log (`--changes`).
+    /// Also keep every change of every view, for a change log (`--changes`); windows then
+    /// expire at the exact second rather than at the next epoch, so the log shows when each
+    /// change happened (the snapshot is the same either way).
     pub record_changes: bool,
 }
 
@@ -205,9 +208,11 @@ fn pulse(index: usize, peers: usize, time: u64) -> impl Iterator<Item = Event> {
     })
 }
 
-/// Builds the views of `config` over `events`: the gathered output rows and the traces to audit.
+/// Builds the views of `config` over `events`, windows expiring as `expiry_at` says: the
+/// gathered output rows and the traces to audit.
 pub fn build_views<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
+    expiry_at: &Expiry<'s>,
     config: &ViewConfig,
 ) -> (
     VecCollection<'s, u64, Row, Diff>,
@@ -243,7 +248,7 @@ pub fn build_views<'s>(
             .clone()
             .filter(move |e| e.kind == purge)
             .map(move |e| (e.user, purge));
-        let members = segments::all_members(events.clone(), &config.segments)
+        let members = segments::all_members(events.clone(), &config.segments, expiry_at)
             .map(|(segment, user)| (user, segment))
             .concat(pulse)
             .arrange_by_key_named("SegmentMembers");
@@ -399,10 +404,20 @@ fn run_worker(
         ..Gather::default()
     }));
     let mut input: InputSession<u64, Event, Diff> = InputSession::new();
+    // One tick per epoch and at the as-of time: the times windows are exact at.
+    let mut ticks: timely::dataflow::operators::vec::input::Handle<u64, ()> = Default::default();
     let probe = ProbeHandle::new();
     let mut audited = worker.dataflow::<u64, _, _>(|scope| {
         let events = input.to_collection(scope);
-        let (rows, audited) = build_views(events, config);
+        // A change log records each change at the second it happens; otherwise windows only
+        // need to be exact at the epochs, which costs far fewer logical times.
+        let clock = ticks.to_stream(scope);
+        let expiry_at = if config.record_changes {
+            Expiry::Exact
+        } else {
+            Expiry::Ticks(clock)
+        };
+        let (rows, audited) = build_views(events, &expiry_at, config);
         let sink = gather.clone();
         rows.inner
             .exchange(|_| 0)
@@ -426,11 +441,14 @@ fn run_worker(
             } => {
                 if time > *input.time() {
                     input.advance_to(time);
+                    ticks.advance_to(time);
                 }
                 for (event, diff) in updates {
                     input.update(event, diff);
                 }
+                ticks.send(());
                 input.advance_to(time + 1);
+                ticks.advance_to(time + 1);
                 input.flush();
                 gather.borrow_mut().advance(time);
                 for trace in audited.iter_mut() {
@@ -450,8 +468,13 @@ fn run_worker(
                 }
             }
             Msg::End { as_of, forgotten } => {
+                if as_of >= *ticks.time() {
+                    ticks.advance_to(as_of);
+                    ticks.send(());
+                }
                 if as_of + 1 > *input.time() {
                     input.advance_to(as_of + 1);
+                    ticks.advance_to(as_of + 1);
                 }
                 input.flush();
                 gather.borrow_mut().advance(as_of);
@@ -473,6 +496,7 @@ fn run_worker(
                     input.update(event, -1);
                 }
                 input.advance_to(start + 2);
+                ticks.advance_to(start + 2);
                 input.flush();
                 worker.step_while(|| probe.less_than(input.time()));
                 result.audit = audit(worker, &mut audited, start + 2, &forgotten);

@@ -7,7 +7,7 @@ mod common;
 
 use behave::event::{Event, Sym, UserId};
 use behave::views::segments::{all_members, segment_sizes, Dormant, Percentile, Rule, Segment};
-use common::dataflow::{at, inserts, run_view, schedule, Update};
+use common::dataflow::{at, inserts, run_view_ticked, schedule, Update};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -99,8 +99,19 @@ fn segments_dataflow(
     updates: &[Update],
     segments: Vec<Segment>,
 ) -> Vec<(Out, u64, isize)> {
-    run_view(workers, updates, move |events| {
-        let members = all_members(events, &segments);
+    segments_dataflow_ticked(workers, updates, None, segments)
+}
+
+/// The segments dataflow, with windows expiring at ticks at every update time and `as_of` when
+/// `ticks_until` is given.
+fn segments_dataflow_ticked(
+    workers: usize,
+    updates: &[Update],
+    ticks_until: Option<u64>,
+    segments: Vec<Segment>,
+) -> Vec<(Out, u64, isize)> {
+    run_view_ticked(workers, updates, ticks_until, move |events, expiry_at| {
+        let members = all_members(events, &segments, &expiry_at);
         let sizes = segment_sizes(members.clone()).map(|(s, n)| Out::Size(s, n));
         members.map(|(s, u)| Out::Member(s, u)).concat(sizes)
     })
@@ -225,15 +236,28 @@ proptest! {
         segments in arb_segments(),
         tick in prop_oneof![Just(1i64), Just(HOUR), Just(DAY)],
         workers in prop_oneof![Just(1usize), Just(3)],
+        ticked in any::<bool>(),
     ) {
         let forgets: Vec<(u64, i64)> = forgets.into_iter().map(|(u, t)| (u, START + t)).collect();
         let (updates, as_of, survivors) = schedule(&events, &forgets, tick, START);
-        let out = segments_dataflow(workers, &updates, segments.clone());
+        let ticks_until = ticked.then_some(as_of as u64);
+        let out = segments_dataflow_ticked(workers, &updates, ticks_until, segments.clone());
         let expected = oracle_members(&survivors, &segments, as_of);
         prop_assert_eq!(&members_at(&out, as_of), &expected);
         let expected_sizes: BTreeMap<Sym, u64> =
             expected.iter().map(|(s, users)| (*s, users.len() as u64)).collect();
         prop_assert_eq!(sizes_at(&out, as_of), expected_sizes);
+        // Exact at every epoch, not only at the end: the events visible there are the input
+        // accumulated up to it.
+        let epochs: BTreeSet<u64> = updates.iter().map(|u| u.1).collect();
+        for epoch in epochs {
+            let visible: Vec<Event> = at(&updates.iter().map(|(e, t, r)| (e.clone(), *t, *r)).collect::<Vec<_>>(), epoch)
+                .into_iter()
+                .flat_map(|(e, n)| std::iter::repeat_n(e, n.max(0) as usize))
+                .collect();
+            let expected = oracle_members(&visible, &segments, epoch as i64);
+            prop_assert_eq!(&members_at(&out, epoch as i64), &expected, "at {}", epoch);
+        }
     }
 }
 

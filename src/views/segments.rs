@@ -9,12 +9,13 @@
 //! - [`Dormant`]: seen before, but no event within the window.
 //!
 //! Membership changes when time passes, not only when events arrive: an event leaving the window
-//! is retracted at `time + within`, so a user can leave a rule segment, or enter the dormant one,
-//! with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
+//! is retracted at `time + within` (or at the next tick after it, see
+//! [`Expiry`](super::window::Expiry)), so a user can leave a rule segment, or enter the dormant
+//! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::window::sliding;
+use super::window::{sliding, Expiry};
 use super::Diff;
 use crate::event::{Event, Sym, UserId};
 use differential_dataflow::VecCollection;
@@ -135,6 +136,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 /// ```
 /// use behave::event::{Event, Sym, UserId};
 /// use behave::views::segments::{rule_members, Rule};
+/// use behave::views::window::Expiry;
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -152,7 +154,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         rule_members(input.to_collection(scope), &rule)
+///         rule_members(input.to_collection(scope), &rule, &Expiry::Exact)
 ///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
 ///     });
 ///     input.advance_to(10);
@@ -172,6 +174,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 /// ```
 /// use behave::event::{Event, Sym, UserId};
 /// use behave::views::segments::{rule_members, Rule};
+/// use behave::views::window::Expiry;
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -189,7 +192,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         rule_members(input.to_collection(scope), &rule)
+///         rule_members(input.to_collection(scope), &rule, &Expiry::Exact)
 ///             .consolidate()
 ///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
 ///     });
@@ -207,6 +210,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 pub fn rule_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     rule: &Rule,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&rule.name);
     let at_least = rule.at_least.max(1);
@@ -214,7 +218,7 @@ pub fn rule_members<'s>(
     let matching = events
         .clone()
         .filter(move |event| matches(&predicate, event));
-    let qualified = sliding(matching, rule.within)
+    let qualified = sliding(matching, rule.within, expiry_at)
         .map(|event| event.user)
         .count()
         .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((user, ())));
@@ -225,6 +229,7 @@ pub fn rule_members<'s>(
             let excluded = sliding(
                 events.filter(move |event| event.kind == without),
                 rule.within,
+                expiry_at,
             )
             .map(|event| event.user)
             .distinct();
@@ -284,10 +289,11 @@ pub fn percentile_threshold(
 pub fn percentile_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Percentile,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&segment.name);
     let percentile = segment.percentile;
-    let counts = sliding(events, segment.within)
+    let counts = sliding(events, segment.within, expiry_at)
         .map(|event| event.user)
         .count()
         .map(|(user, count)| (count as u64, user));
@@ -322,6 +328,7 @@ pub fn percentile_members<'s>(
 /// ```
 /// use behave::event::{Event, UserId};
 /// use behave::views::segments::{dormant_members, Dormant};
+/// use behave::views::window::Expiry;
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -332,7 +339,7 @@ pub fn percentile_members<'s>(
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         dormant_members(input.to_collection(scope), &segment)
+///         dormant_members(input.to_collection(scope), &segment, &Expiry::Exact)
 ///             .consolidate()
 ///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
 ///     });
@@ -354,9 +361,10 @@ pub fn percentile_members<'s>(
 pub fn dormant_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Dormant,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&segment.name);
-    let active = sliding(events.clone(), segment.within)
+    let active = sliding(events.clone(), segment.within, expiry_at)
         .map(|event| event.user)
         .distinct();
     let seen = events.map(|event| event.user).distinct();
@@ -366,15 +374,16 @@ pub fn dormant_members<'s>(
     seen.concat(active.negate()).map(move |user| (key, user))
 }
 
-/// Members of any segment, keyed by [`Segment::key`].
+/// Members of any segment, keyed by [`Segment::key`], with windows expiring as `expiry_at` says.
 pub fn members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Segment,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     match segment {
-        Segment::Rule(rule) => rule_members(events, rule),
-        Segment::Percentile(p) => percentile_members(events, p),
-        Segment::Dormant(d) => dormant_members(events, d),
+        Segment::Rule(rule) => rule_members(events, rule, expiry_at),
+        Segment::Percentile(p) => percentile_members(events, p, expiry_at),
+        Segment::Dormant(d) => dormant_members(events, d, expiry_at),
     }
 }
 
@@ -382,10 +391,11 @@ pub fn members<'s>(
 pub fn all_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segments: &[Segment],
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let parts: Vec<_> = segments
         .iter()
-        .map(|segment| members(events.clone(), segment))
+        .map(|segment| members(events.clone(), segment, expiry_at))
         .collect();
     differential_dataflow::collection::concatenate(events.scope(), parts)
 }
