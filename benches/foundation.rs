@@ -4,7 +4,12 @@
 //! ```text
 //! cargo bench --bench foundation -- [--events N] [--users U] [--workers W[,W...]]
 //!                                    [--forgets F] [--tick SECS[,SECS...]] [--repeat R]
+//!                                    [--views foundation|all]
 //! ```
+//!
+//! `--views all` adds three segments (rule: 2+ purchases in 7 days; percentile 90 over 7 days;
+//! dormant 14 days) and two retention tables (daily; weekly from view to purchase) to sessions
+//! and engagement.
 //!
 //! The parent process generates a seeded, deterministic event file
 //! (`target/bench-data/events-N.csv`, reused when present), then runs every measurement in a
@@ -38,8 +43,6 @@ const FORGET_SEED: u64 = 0xf0f6_e7a1_0000_0002;
 const RESULT_PREFIX: &str = "BENCH-RESULT ";
 /// Environment variable named by the spec's `key_env`; it must stay unset so `key` is used.
 const UNSET_KEY_ENV: &str = "BEHAVE_BENCH_KEY_UNSET";
-/// The session gap of both views, in seconds.
-const GAP: i64 = 30 * 60;
 /// Start of the generated data: 2024-03-01T00:00:00Z.
 const T0: i64 = 1_709_251_200;
 /// Days of generated data.
@@ -88,6 +91,9 @@ struct Options {
     /// Runs of each throughput configuration; the median is reported.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Which views to maintain.
+    #[arg(long, value_enum, default_value_t = Views::Foundation)]
+    views: Views,
     /// Added by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -449,6 +455,46 @@ impl Meter {
 // Child jobs
 // ---------------------------------------------------------------------------------------------
 
+/// The view sets a benchmark can maintain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+enum Views {
+    /// Sessions and engagement.
+    Foundation,
+    /// Sessions, engagement, three segments and two retention tables.
+    All,
+}
+
+/// The spec tables `--views all` adds.
+const SEGMENTS_AND_RETENTION: &str = r#"
+[[segment]]
+name = "repeat_buyers"
+kind = "rule"
+event = "purchase"
+at_least = 2
+within = "7d"
+
+[[segment]]
+name = "top_decile"
+kind = "percentile"
+percentile = 90
+within = "7d"
+
+[[segment]]
+name = "dormant_14d"
+kind = "dormant"
+within = "14d"
+
+[[retention]]
+name = "daily"
+period = "day"
+
+[[retention]]
+name = "weekly_buyers"
+period = "week"
+start_event = "view"
+return_event = "purchase"
+"#;
+
 /// One measurement, run in a child process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Job {
@@ -463,6 +509,7 @@ enum Job {
         data: PathBuf,
         workers: usize,
         tick: i64,
+        views: Views,
     },
     /// Load into a `Runner`, then forget users one at a time.
     Forget {
@@ -471,6 +518,7 @@ enum Job {
         workers: usize,
         tick: i64,
         forgets: usize,
+        views: Views,
     },
 }
 
@@ -540,20 +588,29 @@ impl Job {
                 data,
                 workers,
                 tick,
-            } => Outcome::Replay(run_replay(data, *workers, *tick)?),
+                views,
+            } => Outcome::Replay(run_replay(data, *workers, *tick, *views)?),
             Job::Forget {
                 events,
                 users,
                 workers,
                 tick,
                 forgets,
-            } => Outcome::Forget(run_forget(*events, *users, *workers, *tick, *forgets)?),
+                views,
+            } => Outcome::Forget(run_forget(
+                *events, *users, *workers, *tick, *forgets, *views,
+            )?),
         })
     }
 }
 
-/// The benchmark spec: the generated CSV, sessions and engagement, `key = "bench"`.
-fn bench_spec(data: &Path, tick: i64) -> Result<Spec> {
+/// The benchmark spec: the generated CSV, sessions and engagement (and with [`Views::All`]
+/// segments and retention), `key = "bench"`.
+fn bench_spec(data: &Path, tick: i64, views: Views) -> Result<Spec> {
+    let more = match views {
+        Views::Foundation => "",
+        Views::All => SEGMENTS_AND_RETENTION,
+    };
     let events = toml::Value::String(data.display().to_string());
     let text = format!(
         r#"
@@ -574,18 +631,19 @@ gap = "30m"
 
 [engagement]
 utc_offset = "+00:00"
-"#
+{more}"#
     );
     Spec::parse(&text, Path::new("<bench spec>")).context("the benchmark spec is invalid")
 }
 
-/// The views every measurement maintains.
-fn bench_views() -> ViewConfig {
-    ViewConfig::sessions_and_engagement(GAP)
+/// The views a measurement maintains.
+fn bench_views(views: Views) -> Result<ViewConfig> {
+    let spec = bench_spec(Path::new("<generated>"), DEFAULT_TICK, views)?;
+    Ok(ViewConfig::from_spec(&spec))
 }
 
 fn run_ingest(data: &Path, shards: usize, tick: i64) -> Result<IngestResult> {
-    let spec = bench_spec(data, tick)?;
+    let spec = bench_spec(data, tick, Views::Foundation)?;
     let meter = Meter::start();
     let start = Instant::now();
     let report = ingest(
@@ -612,8 +670,8 @@ fn run_ingest(data: &Path, shards: usize, tick: i64) -> Result<IngestResult> {
     })
 }
 
-fn run_replay(data: &Path, workers: usize, tick: i64) -> Result<ReplayResult> {
-    let spec = bench_spec(data, tick)?;
+fn run_replay(data: &Path, workers: usize, tick: i64, views: Views) -> Result<ReplayResult> {
+    let spec = bench_spec(data, tick, views)?;
     let meter = Meter::start();
     let start = Instant::now();
     let outcome = replay(ReplayOptions {
@@ -741,6 +799,7 @@ fn run_forget(
     workers: usize,
     tick: i64,
     forgets: usize,
+    views: Views,
 ) -> Result<ForgetResult> {
     let data = generate(events, users, SEED);
     let symbols = Symbols::new();
@@ -748,7 +807,7 @@ fn run_forget(
     let mut kept: HashMap<u32, Vec<Event>> = targets.iter().map(|&u| (u, Vec::new())).collect();
     let routing = Routing::single(tick, workers);
     let meter = Meter::start();
-    let runner = Runner::start(Cluster::local(workers), bench_views())?;
+    let runner = Runner::start(Cluster::local(workers), bench_views(views)?)?;
     let start = Instant::now();
     let loaded_at = load(&runner, &data.rows, &routing, &symbols, &mut kept)?;
     let load_s = start.elapsed().as_secs_f64();
@@ -875,6 +934,7 @@ fn measure_all(options: &Options) -> Result<Report> {
                 data: path.clone(),
                 workers,
                 tick,
+                views: options.views,
             };
             let runs = repeated(
                 &job,
@@ -898,6 +958,7 @@ fn measure_all(options: &Options) -> Result<Report> {
             workers,
             tick: default_tick,
             forgets: options.forgets,
+            views: options.views,
         };
         match run_child(&job)? {
             Outcome::Forget(r) => report.forget.push(r),
@@ -934,6 +995,7 @@ fn met(ok: bool) -> &'static str {
 
 impl Report {
     fn print(&self, options: &Options) {
+        println!("Views: {:?}\n", options.views);
         self.print_data(options);
         self.print_ingest();
         self.print_replay();

@@ -209,8 +209,9 @@ pub enum SegmentSpec {
         #[serde(default)]
         without: Option<String>,
     },
-    /// Users whose event count within the last `within` is at or above the `percentile`-th
-    /// percentile (nearest rank) over all users active within it.
+    /// Users whose metric (event count, or sum of values) over their counted events within
+    /// the last `within` is at or above the `percentile`-th percentile (nearest rank) over all
+    /// users with a counted event within it.
     Percentile {
         /// Segment name.
         name: String,
@@ -218,6 +219,12 @@ pub enum SegmentSpec {
         percentile: u32,
         /// The window.
         within: Seconds,
+        /// Only events of this type count (default: every event).
+        #[serde(default)]
+        event: Option<String>,
+        /// `"count"` (default) or `"value"` (sum of the events' values).
+        #[serde(default)]
+        metric: crate::views::segments::Metric,
     },
     /// Users seen before but without any event within the last `within`.
     Dormant {
@@ -260,10 +267,14 @@ impl SegmentSpec {
                 name,
                 percentile,
                 within,
+                event,
+                metric,
             } => Segment::Percentile(Percentile {
                 name: name.clone(),
                 percentile: *percentile,
                 within: within.0,
+                event: event.as_deref().map(Sym::of),
+                metric: *metric,
             }),
             SegmentSpec::Dormant { name, within } => Segment::Dormant(Dormant {
                 name: name.clone(),
@@ -642,6 +653,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(empty.contains("segment.without"), "{empty}");
+        let spenders = parse(
+            "[[segment]]\nname = \"top\"\nkind = \"percentile\"\npercentile = 90\n\
+             event = \"purchase\"\nmetric = \"value\"\nwithin = \"8w\"\n",
+        )
+        .unwrap();
+        let crate::views::Segment::Percentile(top) = spenders.segment[0].to_view() else {
+            panic!("not a percentile");
+        };
+        assert_eq!(top.event, Some(crate::event::Sym::of("purchase")));
+        assert_eq!(top.metric, crate::views::segments::Metric::Value);
+        assert_eq!(top.within, 8 * 7 * 86_400);
         assert_eq!(spec.retention[0].period, crate::views::Period::Week);
         assert_eq!(spec.retention[0].utc_offset, UtcOffset(19_800));
         assert_eq!(spec.k_anonymity, 5);
@@ -666,6 +688,13 @@ mod tests {
             "[[segment]]\nname = \"a\"\nkind = \"percentile\"\npercentile = 0\nwithin = \"1d\"\n",
         );
         assert!(percentile.contains("segment.percentile"), "{percentile}");
+        let metric = error(
+            "[[segment]]\nname = \"a\"\nkind = \"percentile\"\npercentile = 90\nmetric = \"revenue\"\nwithin = \"1d\"\n",
+        );
+        assert!(
+            metric.contains("revenue") && metric.contains("count") && metric.contains("value"),
+            "{metric}"
+        );
         let twice = error(
             "[[retention]]\nname = \"w\"\nperiod = \"week\"\n[[retention]]\nname = \"w\"\nperiod = \"day\"\n",
         );
