@@ -266,7 +266,7 @@ pub fn rule_members<'s>(
 /// assert_eq!(percentile_threshold(h, 50), Some(1));
 /// assert_eq!(percentile_threshold(h, 51), Some(2));
 /// assert_eq!(percentile_threshold(h, 100), Some(5));
-/// assert_eq!(percentile_threshold([], 90), None);
+/// assert_eq!(percentile_threshold::<u64>([], 90), None);
 /// ```
 pub fn percentile_threshold<M: Copy>(
     histogram: impl IntoIterator<Item = (M, i64)> + Clone,
