@@ -127,8 +127,12 @@ pub struct InputSpec {
     pub user: String,
     /// Column holding the event time.
     pub time: String,
-    /// Column holding the event type.
+    /// Column holding the event type (leave out when `event_type` is set).
+    #[serde(default)]
     pub event: String,
+    /// The event type of every row, for files without an event column (e.g. ratings).
+    #[serde(default)]
+    pub event_type: Option<String>,
     /// Column holding the item id, if any.
     #[serde(default)]
     pub item: Option<String>,
@@ -661,6 +665,22 @@ impl Spec {
         if input.max_row_bytes == 0 {
             return Err(invalid("input.max_row_bytes", "expected at least 1".into()));
         }
+        match (&input.event_type, input.event.is_empty()) {
+            (Some(kind), true) if !kind.trim().is_empty() => {}
+            (Some(_), true) => {
+                return Err(invalid(
+                    "input.event_type",
+                    "expected an event type, found \"\"".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    "input.event_type",
+                    "set either input.event (a column) or input.event_type, not both".into(),
+                ))
+            }
+            (None, _) => {}
+        }
         let mapped = input.mapped_columns();
         for (key, column) in &mapped {
             if column.is_empty() {
@@ -798,8 +818,10 @@ impl InputSpec {
         let mut columns = vec![
             ("input.user".to_string(), self.user.clone()),
             ("input.time".to_string(), self.time.clone()),
-            ("input.event".to_string(), self.event.clone()),
         ];
+        if self.event_type.is_none() {
+            columns.push(("input.event".to_string(), self.event.clone()));
+        }
         for (key, column) in [
             ("item", &self.item),
             ("id", &self.id),

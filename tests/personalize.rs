@@ -163,6 +163,17 @@ fn spec_error(extra: &str) -> String {
 
 #[test]
 fn personalization_spec_mistakes_are_named() {
+    let e = spec_error("event_type = \"rate\"\n");
+    assert!(
+        e.contains("input.event_type") && e.contains("not both"),
+        "{e}"
+    );
+    let ok = Spec::parse(
+        "[input]\nevents = \"x.csv\"\nuser = \"u\"\ntime = \"t\"\nevent_type = \"rate\"\n",
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    assert_eq!(ok.input.event_type.as_deref(), Some("rate"));
     let e = spec_error("[similarity]\nevents = [\"rate\"]\ncolour = 1\n");
     assert!(e.contains("colour") && e.contains("s.toml"), "{e}");
     let e = spec_error("[recommendations]\nn = 3\n");
@@ -204,4 +215,100 @@ fn personalization_spec_mistakes_are_named() {
         bad.display().to_string()
     ));
     assert!(e.contains("item,tags"), "{e}");
+}
+
+#[test]
+fn evaluate_prints_metrics_of_both_models_as_json() {
+    let result = common::behave_command(&[
+        "evaluate",
+        "dataflows/films.toml",
+        "--split",
+        "random",
+        "--ratio",
+        "0.5",
+        "--seed",
+        "3",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    for model in ["user_cf", "popularity"] {
+        for metric in ["map@10", "ndcg@10", "precision@10", "recall@10"] {
+            let value = json[model][metric].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&value), "{model} {metric} {value}");
+        }
+    }
+    // Deterministic for a seed.
+    let again = common::behave_command(&[
+        "evaluate",
+        "dataflows/films.toml",
+        "--split",
+        "random",
+        "--ratio",
+        "0.5",
+        "--seed",
+        "3",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(result.stdout, again.stdout);
+    let bad = common::behave_command(&["evaluate", "dataflows/learning.toml"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("[similarity]"));
+}
+
+#[test]
+fn rating_files_without_an_event_column_use_event_type() {
+    // Tab-separated, out of time order, as MovieLens is.
+    let dir = common::temp_dir();
+    let events = dir.path().join("ratings.tsv");
+    std::fs::write(
+        &events,
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n\
+         1\ta\t5\t200\n2\ta\t4\t100\n1\tb\t2\t300\n2\tb\t5\t400\n3\ta\t1\t50\n",
+    )
+    .unwrap();
+    let text = format!(
+        "[input]\nevents = {:?}\ndelimiter = \"\\t\"\nuser = \"user_id:token\"\n\
+         item = \"item_id:token\"\nvalue = \"rating:float\"\ntime = \"timestamp:float\"\n\
+         event_type = \"rate\"\nallowed_lateness = \"1d\"\nkey = \"k\"\n\
+         key_env = \"BEHAVE_TEST_UNSET_KEY_VARIABLE\"\n\
+         [similarity]\nevents = [\"rate\"]\nmin_value = 4\n[recommendations]\nn = 2\n",
+        events.display().to_string()
+    );
+    let spec = Spec::parse(&text, Path::new("ratings.toml")).unwrap();
+    let outcome = common::run(spec, 1, None);
+    assert_eq!(outcome.summary.accepted, 5);
+    // 1 likes {a}, 2 likes {a, b}: cosine 1/sqrt(2); 3 only rated a 1 star: cold, gets the
+    // popular films it has not liked (a: 2 users, b: 1).
+    let similarity = common::table(&outcome, "similarity");
+    assert_eq!(
+        similarity,
+        vec![
+            vec!["1".to_string(), "2".into(), "0.707107".into()],
+            vec!["2".to_string(), "1".into(), "0.707107".into()]
+        ]
+    );
+    let recommendations = common::table(&outcome, "recommendations");
+    assert!(recommendations.contains(&vec![
+        "1".to_string(),
+        "1".into(),
+        "b".into(),
+        "0.707107".into()
+    ]));
+    assert!(recommendations.contains(&vec![
+        "3".to_string(),
+        "1".into(),
+        "a".into(),
+        "2.000000".into()
+    ]));
 }
