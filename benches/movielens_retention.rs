@@ -130,9 +130,6 @@ fn main() -> Result<()> {
 /// The view under test: weekly cohorts by first rating, a return is any rating.
 fn weekly_retention() -> ViewConfig {
     ViewConfig {
-        sessions: None,
-        engagement: None,
-        segments: Vec::new(),
         retention: vec![(
             "weekly".into(),
             RetentionSpec {
@@ -143,7 +140,7 @@ fn weekly_retention() -> ViewConfig {
                 unbounded: false,
             },
         )],
-        record_changes: false,
+        ..ViewConfig::default()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `behave` command.
 
 use anyhow::Context;
-use behave::cli::{Cli, Command, ReplayArgs};
+use behave::cli::{Cli, Command, EvaluateArgs, ReplayArgs};
 use behave::replay::{replay, ReplayOptions};
 use behave::spec::Spec;
 use clap::Parser;
@@ -16,6 +16,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
+        Command::Evaluate(args) => run_evaluate(args),
     };
     if let Err(error) = result {
         eprintln!("behave: error: {error:#}");
@@ -68,6 +69,31 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
             audit.residual_records,
             audit.physical_records
         );
+    }
+    Ok(())
+}
+
+fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let spec = Spec::load(&args.spec)?;
+    let options = args.options();
+    let started = std::time::Instant::now();
+    let evaluation = behave::evaluate::evaluate(&spec, &options)
+        .with_context(|| format!("evaluating {}", args.spec.display()))?;
+    if args.json {
+        println!("{}", evaluation.json(options.k));
+    } else {
+        println!(
+            "behave evaluate: {} ({:?} split, ratio {}, k {}): {} users, {} training and {} held-out events, {:.1} s",
+            args.spec.display(),
+            options.split,
+            options.ratio,
+            options.k,
+            evaluation.users,
+            evaluation.train_events,
+            evaluation.test_events,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", evaluation.text(options.k));
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
+use crate::views::recommend::{recommendations_from, RecommendParams, Recommendation};
+use crate::views::similarity::{ItemSimilarityParams, Similar, SimilarityParams};
 use crate::views::window::Expiry;
 use crate::views::{self, segments, Diff, Engagement, RetentionSpec, Segment, Session};
 use differential_dataflow::input::InputSession;
@@ -48,20 +50,40 @@ pub enum Row {
     Member(Sym, UserId),
     /// A cell of retention table number `.0`: `((cohort, k), retained)`, `k = 0` the cohort size.
     Retention(u32, (i64, i64), u64),
+    /// A row of `similarity.csv`: a user and one of their top-k neighbours.
+    Neighbour(UserId, Similar<UserId>),
+    /// A row of `item_similarity.csv`: an item and one of its top-k neighbours.
+    ItemNeighbour(Sym, Similar<Sym>),
+    /// A row of `recommendations.csv`.
+    Recommendation(UserId, Recommendation),
 }
 
 impl Row {
     /// The user the row is about, if it is a per-user row.
     pub fn user(&self) -> Option<UserId> {
         match self {
-            Row::Session(user, _) | Row::Engagement(user, _) | Row::Member(_, user) => Some(*user),
-            Row::Retention(..) => None,
+            Row::Session(user, _)
+            | Row::Engagement(user, _)
+            | Row::Member(_, user)
+            | Row::Neighbour(user, _)
+            | Row::Recommendation(user, _) => Some(*user),
+            Row::Retention(..) | Row::ItemNeighbour(..) => None,
         }
+    }
+
+    /// Every user the row names: its subject and, for a similarity row, the neighbour.
+    pub fn users(&self) -> [Option<UserId>; 2] {
+        let neighbour = match self {
+            Row::Neighbour(_, s) => Some(s.neighbour),
+            _ => None,
+        };
+        [self.user(), neighbour]
     }
 }
 
 /// Which views to maintain, with their parameters (the part of a [`Spec`] the workers need).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The default maintains none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewConfig {
     /// Session gap in seconds, when the sessions view is on.
     pub sessions: Option<i64>,
@@ -71,6 +93,14 @@ pub struct ViewConfig {
     pub segments: Vec<Segment>,
     /// Retention tables `(name, definition)`, in spec order.
     pub retention: Vec<(String, RetentionSpec)>,
+    /// User-user similarity, when on (its interactions also feed the two views below).
+    pub similarity: Option<SimilarityParams>,
+    /// Whether `similarity.csv` is written (the similarity may be on only for the views below).
+    pub similarity_table: bool,
+    /// Item-item similarity, when on (needs `similarity`).
+    pub item_similarity: Option<ItemSimilarityParams>,
+    /// Recommendations, when on (needs `similarity`).
+    pub recommendations: Option<RecommendParams>,
     /// Also keep every change of every view, for a change log (`--changes`); windows then
     /// expire at the exact second rather than at the next epoch, so the log shows when each
     /// change happened (the snapshot is the same either way).
@@ -92,6 +122,13 @@ impl ViewConfig {
                 .iter()
                 .map(|r| (r.name.clone(), r.to_view()))
                 .collect(),
+            similarity: spec.similarity.as_ref().map(|s| s.to_view()),
+            similarity_table: spec.similarity.is_some(),
+            item_similarity: spec.item_similarity.as_ref().map(|i| ItemSimilarityParams {
+                k: i.k,
+                max_user_items: i.max_user_items,
+            }),
+            recommendations: spec.recommend_params(),
             record_changes: false,
         }
     }
@@ -103,6 +140,10 @@ impl ViewConfig {
             engagement: Some((gap, 0)),
             segments: Vec::new(),
             retention: Vec::new(),
+            similarity: None,
+            similarity_table: false,
+            item_similarity: None,
+            recommendations: None,
             record_changes: false,
         }
     }
@@ -264,6 +305,37 @@ pub fn build_views<'s>(
             views::retention(events.clone(), spec)
                 .map(move |(cell, retained)| Row::Retention(table, cell, retained)),
         );
+    }
+    if let Some(params) = &config.similarity {
+        let neighbours = views::similarity(events.clone(), params);
+        if config.similarity_table {
+            let arranged = neighbours.clone().arrange_by_key_named("Similarity");
+            audited.push(Box::new(UserKeyed {
+                name: "similarity".into(),
+                trace: arranged.trace.clone(),
+            }));
+            outputs.push(
+                arranged.as_collection(|u: &UserId, s: &Similar<UserId>| Row::Neighbour(*u, *s)),
+            );
+        }
+        if let Some(items) = &config.item_similarity {
+            outputs.push(
+                views::item_similarity(events.clone(), params, items)
+                    .map(|(item, s)| Row::ItemNeighbour(item, s)),
+            );
+        }
+        if let Some(recommend) = &config.recommendations {
+            let arranged = recommendations_from(events.clone(), neighbours, params, recommend)
+                .arrange_by_key_named("Recommendations");
+            audited.push(Box::new(UserKeyed {
+                name: "recommendations".into(),
+                trace: arranged.trace.clone(),
+            }));
+            outputs.push(
+                arranged
+                    .as_collection(|u: &UserId, r: &Recommendation| Row::Recommendation(*u, *r)),
+            );
+        }
     }
     let rows = differential_dataflow::collection::concatenate(events.scope(), outputs);
     (rows, audited)

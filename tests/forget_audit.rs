@@ -49,10 +49,9 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> Audit {
     // The views no longer mention forgotten users, and still mention the others.
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {
-        snapshot.keys().any(|row| match row {
-            Row::Session(u, _) | Row::Engagement(u, _) | Row::Member(_, u) => u.0 == user,
-            Row::Retention(..) => false,
-        })
+        snapshot
+            .keys()
+            .any(|row: &Row| row.users().iter().flatten().any(|u| u.0 == user))
     };
     for user in 1..=5 {
         assert_eq!(mentioned(user), !forget.contains(&user), "user {user}");
