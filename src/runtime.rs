@@ -249,6 +249,19 @@ fn pulse(index: usize, peers: usize, time: u64) -> impl Iterator<Item = Event> {
     })
 }
 
+/// The purge pulse's users with `value`, for arrangements the pulse events would not reach
+/// through their view (pulse users belong to no segment and have no neighbour), so that every
+/// audited arrangement gets the batch that rewrites it.
+fn pulse_users<'s, V: differential_dataflow::ExchangeData>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    value: V,
+) -> VecCollection<'s, u64, (UserId, V), Diff> {
+    let purge = Sym::of(PURGE_EVENT);
+    events
+        .filter(move |e| e.kind == purge)
+        .map(move |e| (e.user, value.clone()))
+}
+
 /// Builds the views of `config` over `events`, windows expiring as `expiry_at` says: the
 /// gathered output rows and the traces to audit.
 pub fn build_views<'s>(
@@ -282,16 +295,9 @@ pub fn build_views<'s>(
         outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
     }
     if !config.segments.is_empty() {
-        // The purge pulse enters the membership arrangement directly: pulse users belong to no
-        // segment, and the arrangement needs a batch after a forget to be rewritten.
-        let purge = Sym::of(PURGE_EVENT);
-        let pulse = events
-            .clone()
-            .filter(move |e| e.kind == purge)
-            .map(move |e| (e.user, purge));
         let members = segments::all_members(events.clone(), &config.segments, expiry_at)
             .map(|(segment, user)| (user, segment))
-            .concat(pulse)
+            .concat(pulse_users(events.clone(), Sym::of(PURGE_EVENT)))
             .arrange_by_key_named("SegmentMembers");
         audited.push(Box::new(UserKeyed {
             name: "segment_members".into(),
@@ -309,7 +315,16 @@ pub fn build_views<'s>(
     if let Some(params) = &config.similarity {
         let neighbours = views::similarity(events.clone(), params);
         if config.similarity_table {
-            let arranged = neighbours.clone().arrange_by_key_named("Similarity");
+            let placeholder = Similar {
+                neighbour: UserId(0),
+                overlap: 0,
+                size: 0,
+                neighbour_size: 0,
+            };
+            let arranged = neighbours
+                .clone()
+                .concat(pulse_users(events.clone(), placeholder))
+                .arrange_by_key_named("Similarity");
             audited.push(Box::new(UserKeyed {
                 name: "similarity".into(),
                 trace: arranged.trace.clone(),

@@ -2,10 +2,13 @@
 //! scans every trace once compaction has passed the forget. The scan itself is checked to find
 //! the records of a user who was not forgotten.
 
+use behave::event::Sym;
 use behave::event::{Event, UserId};
 use behave::ingest::Epoch;
 use behave::runtime::{Audit, Cluster, Row, Runner, ViewConfig};
+use behave::views::recommend::RecommendParams;
 use behave::views::segments::{Dormant, Segment};
+use behave::views::similarity::{Interactions, SimilarityParams};
 
 fn views() -> ViewConfig {
     let mut config = ViewConfig::sessions_and_engagement(1_800);
@@ -14,6 +17,24 @@ fn views() -> ViewConfig {
         name: "asleep".into(),
         within: 3_600,
     }));
+    // Everyone views the same films: everyone is everyone's neighbour.
+    config.similarity = Some(SimilarityParams {
+        interactions: Interactions {
+            events: vec![Sym::of("view")],
+            min_value: None,
+        },
+        k: 10,
+        max_item_users: 500,
+        consent: None,
+    });
+    config.similarity_table = true;
+    config.recommendations = Some(RecommendParams {
+        n: 3,
+        dismiss: None,
+        popular_within: None,
+        catalog: None,
+        content_weight: 0,
+    });
     config
 }
 
@@ -27,7 +48,15 @@ fn epoch(time: u64, peers: usize, updates: Vec<(Event, isize)>) -> Epoch {
 
 fn history(user: u64) -> Vec<Event> {
     (0..20)
-        .map(|i| Event::new(UserId(user), 1_000 + i * 700, "view"))
+        .map(|i| {
+            // Users share films 0..3; each also has films of their own.
+            let film = if i % 2 == 0 {
+                i % 3
+            } else {
+                100 * user as i64 + i
+            };
+            Event::new(UserId(user), 1_000 + i * 700, "view").with_item(&format!("film-{film}"))
+        })
         .collect()
 }
 
@@ -44,8 +73,9 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> Audit {
         .collect();
     runner.sync(epoch(30_000, workers, retractions)).unwrap();
     let finished = runner.finish(30_000, audit_for).unwrap();
-    // user_times, sessions, engagement and segment memberships on every worker.
-    assert_eq!(finished.audit.traces, 4 * workers);
+    // user_times, sessions, engagement, segment memberships, similarity and recommendations
+    // on every worker.
+    assert_eq!(finished.audit.traces, 6 * workers);
     // The views no longer mention forgotten users, and still mention the others.
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {
