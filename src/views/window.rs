@@ -13,7 +13,7 @@
 use super::Diff;
 use crate::event::{Event, Time};
 use differential_dataflow::{AsCollection, VecCollection};
-use std::collections::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
@@ -131,10 +131,16 @@ where
                         if leaves <= time {
                             continue; // In and out at the same time: never in the window.
                         }
-                        let owed = pending.entry((leaves, record.clone())).or_insert(0);
-                        *owed -= diff;
-                        if *owed == 0 {
-                            pending.remove(&(leaves, record.clone()));
+                        match pending.entry((leaves, record.clone())) {
+                            Entry::Vacant(owed) => {
+                                owed.insert(-diff);
+                            }
+                            Entry::Occupied(mut owed) => {
+                                *owed.get_mut() -= diff;
+                                if *owed.get() == 0 {
+                                    owed.remove();
+                                }
+                            }
                         }
                         session.give((record, time, diff));
                     }
