@@ -4,7 +4,12 @@
 //! ```text
 //! cargo bench --bench foundation -- [--events N] [--users U] [--workers W[,W...]]
 //!                                    [--forgets F] [--tick SECS[,SECS...]] [--repeat R]
+//!                                    [--views foundation|all]
 //! ```
+//!
+//! `--views all` adds three segments (rule: 2+ purchases in 7 days; percentile 90 over 7 days;
+//! dormant 14 days) and two retention tables (daily; weekly from view to purchase) to sessions
+//! and engagement.
 //!
 //! The parent process generates a seeded, deterministic event file
 //! (`target/bench-data/events-N.csv`, reused when present), then runs every measurement in a
@@ -28,8 +33,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use support::*;
 
-/// The session gap of both views, in seconds.
-const GAP: i64 = 30 * 60;
 /// Targets the figures are held against.
 const TARGET_EVENTS_PER_S: f64 = 1_000_000.0;
 const TARGET_FORGET_P50_MS: f64 = 5.0;
@@ -57,6 +60,9 @@ struct Options {
     /// Runs of each throughput configuration; the median is reported.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Which views to maintain.
+    #[arg(long, value_enum, default_value_t = Views::Foundation)]
+    views: Views,
     /// Added by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -178,6 +184,46 @@ fn prepare_data(options: &Options) -> Result<DataFacts> {
 // Child jobs
 // ---------------------------------------------------------------------------------------------
 
+/// The view sets a benchmark can maintain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+enum Views {
+    /// Sessions and engagement.
+    Foundation,
+    /// Sessions, engagement, three segments and two retention tables.
+    All,
+}
+
+/// The spec tables `--views all` adds.
+const SEGMENTS_AND_RETENTION: &str = r#"
+[[segment]]
+name = "repeat_buyers"
+kind = "rule"
+event = "purchase"
+at_least = 2
+within = "7d"
+
+[[segment]]
+name = "top_decile"
+kind = "percentile"
+percentile = 90
+within = "7d"
+
+[[segment]]
+name = "dormant_14d"
+kind = "dormant"
+within = "14d"
+
+[[retention]]
+name = "daily"
+period = "day"
+
+[[retention]]
+name = "weekly_buyers"
+period = "week"
+start_event = "view"
+return_event = "purchase"
+"#;
+
 /// One measurement, run in a child process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Job {
@@ -192,6 +238,7 @@ enum Job {
         data: PathBuf,
         workers: usize,
         tick: i64,
+        views: Views,
     },
     /// Load into a `Runner`, then forget users one at a time.
     Forget {
@@ -200,6 +247,7 @@ enum Job {
         workers: usize,
         tick: i64,
         forgets: usize,
+        views: Views,
     },
 }
 
@@ -251,27 +299,34 @@ impl Job {
                 data,
                 workers,
                 tick,
-            } => Outcome::Replay(run_replay(data, *workers, *tick)?),
+                views,
+            } => Outcome::Replay(run_replay(data, *workers, *tick, *views)?),
             Job::Forget {
                 events,
                 users,
                 workers,
                 tick,
                 forgets,
+                views,
             } => Outcome::Forget(run_forget(
                 *events,
                 *users,
                 *workers,
                 *tick,
                 *forgets,
-                bench_views(),
+                bench_views(*views)?,
             )?),
         })
     }
 }
 
-/// The benchmark spec: the generated CSV, sessions and engagement, `key = "bench"`.
-fn bench_spec(data: &Path, tick: i64) -> Result<Spec> {
+/// The benchmark spec: the generated CSV, sessions and engagement (and with [`Views::All`]
+/// segments and retention), `key = "bench"`.
+fn bench_spec(data: &Path, tick: i64, views: Views) -> Result<Spec> {
+    let more = match views {
+        Views::Foundation => "",
+        Views::All => SEGMENTS_AND_RETENTION,
+    };
     let events = toml::Value::String(data.display().to_string());
     let text = format!(
         r#"
@@ -292,18 +347,19 @@ gap = "30m"
 
 [engagement]
 utc_offset = "+00:00"
-"#
+{more}"#
     );
     Spec::parse(&text, Path::new("<bench spec>")).context("the benchmark spec is invalid")
 }
 
-/// The views every measurement maintains.
-fn bench_views() -> ViewConfig {
-    ViewConfig::sessions_and_engagement(GAP)
+/// The views a measurement maintains.
+fn bench_views(views: Views) -> Result<ViewConfig> {
+    let spec = bench_spec(Path::new("<generated>"), DEFAULT_TICK, views)?;
+    Ok(ViewConfig::from_spec(&spec))
 }
 
 fn run_ingest(data: &Path, shards: usize, tick: i64) -> Result<IngestResult> {
-    let spec = bench_spec(data, tick)?;
+    let spec = bench_spec(data, tick, Views::Foundation)?;
     let meter = Meter::start();
     let start = Instant::now();
     let report = ingest(
@@ -330,8 +386,8 @@ fn run_ingest(data: &Path, shards: usize, tick: i64) -> Result<IngestResult> {
     })
 }
 
-fn run_replay(data: &Path, workers: usize, tick: i64) -> Result<ReplayResult> {
-    let spec = bench_spec(data, tick)?;
+fn run_replay(data: &Path, workers: usize, tick: i64, views: Views) -> Result<ReplayResult> {
+    let spec = bench_spec(data, tick, views)?;
     let meter = Meter::start();
     let start = Instant::now();
     let outcome = replay(ReplayOptions {
@@ -436,6 +492,7 @@ fn measure_all(options: &Options) -> Result<Report> {
                 data: path.clone(),
                 workers,
                 tick,
+                views: options.views,
             };
             let runs = repeated(
                 &job,
@@ -459,6 +516,7 @@ fn measure_all(options: &Options) -> Result<Report> {
             workers,
             tick: default_tick,
             forgets: options.forgets,
+            views: options.views,
         };
         match run_child(&job)? {
             Outcome::Forget(r) => report.forget.push(r),
@@ -486,6 +544,7 @@ fn met(ok: bool) -> &'static str {
 
 impl Report {
     fn print(&self, options: &Options) {
+        println!("Views: {:?}\n", options.views);
         self.print_data(options);
         self.print_ingest();
         self.print_replay();

@@ -21,6 +21,9 @@ pub enum Command {
     /// Smoke-test a cluster before deploying: run SPEC on P local processes of T workers (free
     /// loopback ports) and on one worker, and check every output file is the same.
     ClusterTest(ClusterTestArgs),
+    /// Hold out part of each user's interactions, build the views on the rest, and score the
+    /// recommendations (MAP, NDCG, precision, recall at k) beside a popularity baseline.
+    Evaluate(EvaluateArgs),
 }
 
 /// Arguments of `behave cluster-test`.
@@ -51,6 +54,53 @@ pub struct ClusterTestArgs {
     /// inputs, whose change log would not fit in memory.
     #[arg(long)]
     pub no_changes: bool,
+}
+
+/// How `behave evaluate` holds out interactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitKind {
+    /// Each user's latest interactions (by time).
+    Temporal,
+    /// A seeded random share of each user's interactions.
+    Random,
+}
+
+/// Arguments of `behave evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The dataflow spec (TOML) with `[similarity]` and `[recommendations]`.
+    pub spec: PathBuf,
+    /// How to hold out.
+    #[arg(long, value_enum, default_value_t = SplitKind::Temporal)]
+    pub split: SplitKind,
+    /// Training share of each user's interactions [default: 0.8 temporal, 0.75 random].
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    /// Seed of the random split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Length of the scored lists.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Print the table as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EvaluateArgs {
+    /// The evaluation options these flags describe.
+    pub fn options(&self) -> crate::evaluate::EvaluateOptions {
+        use crate::evaluate::{EvaluateOptions, Split};
+        let (split, ratio) = match self.split {
+            SplitKind::Temporal => (Split::Temporal, 0.8),
+            SplitKind::Random => (Split::Random { seed: self.seed }, 0.75),
+        };
+        EvaluateOptions {
+            split,
+            ratio: self.ratio.unwrap_or(ratio),
+            k: self.k,
+        }
+    }
 }
 
 /// Arguments of `behave replay`.

@@ -508,7 +508,8 @@ impl Ingestor {
 struct Layout {
     user: usize,
     time: usize,
-    event: usize,
+    /// `None` when every row has the spec's `input.event_type`.
+    event: Option<usize>,
     item: Option<usize>,
     id: Option<usize>,
     value: Option<usize>,
@@ -757,7 +758,11 @@ fn csv_layout(
     Ok(Layout {
         user: find("input.user", &input.user)?,
         time: find("input.time", &input.time)?,
-        event: find("input.event", &input.event)?,
+        event: if input.event_type.is_some() {
+            None
+        } else {
+            Some(find("input.event", &input.event)?)
+        },
         item: optional("input.item", &input.item)?,
         id: optional("input.id", &input.id)?,
         value: optional("input.value", &input.value)?,
@@ -876,7 +881,10 @@ fn csv_row(
     let fields = Fields {
         user: text(layout.user),
         time: text(layout.time),
-        event: text(layout.event),
+        event: match layout.event {
+            Some(i) => text(i),
+            None => input.event_type.as_deref(),
+        },
         item: layout.item.and_then(text),
         id: layout.id.and_then(text),
         value: layout.value.and_then(text),
@@ -1090,7 +1098,10 @@ fn json_row(
     let optional = |column: &Option<String>| column.as_deref().and_then(get);
     let user = get(&input.user);
     let time = get(&input.time);
-    let event = get(&input.event);
+    let event = match &input.event_type {
+        Some(kind) => Some(std::borrow::Cow::Borrowed(kind.as_str())),
+        None => get(&input.event),
+    };
     let item = optional(&input.item);
     let id = optional(&input.id);
     let value = optional(&input.value);

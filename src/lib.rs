@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod cluster_test;
+pub mod evaluate;
 pub mod event;
 pub mod ingest;
 pub mod output;

@@ -1,7 +1,7 @@
 //! The `behave` command.
 
 use anyhow::Context;
-use behave::cli::{Cli, ClusterTestArgs, Command, ReplayArgs};
+use behave::cli::{Cli, ClusterTestArgs, Command, EvaluateArgs, ReplayArgs};
 use behave::replay::{replay, ReplayOptions};
 use behave::spec::Spec;
 use clap::Parser;
@@ -17,6 +17,7 @@ fn main() {
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::ClusterTest(args) => run_cluster_test(args),
+        Command::Evaluate(args) => run_evaluate(args),
     };
     if let Err(error) = result {
         eprintln!("behave: error: {error:#}");
@@ -63,10 +64,12 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
             print!("{text}");
         }
     }
-    if outcome.summary.forget_audit.residual_records > 0 {
+    let audit = &outcome.summary.forget_audit;
+    if audit.residual_records > 0 || audit.physical_records > 0 {
         anyhow::bail!(
-            "forget audit failed: {} records of forgotten users remain in the arrangements",
-            outcome.summary.forget_audit.residual_records
+            "forget audit failed: {} records ({} physical updates) of forgotten users remain in the arrangements",
+            audit.residual_records,
+            audit.physical_records
         );
     }
     Ok(())
@@ -97,6 +100,31 @@ fn run_cluster_test(args: ClusterTestArgs) -> anyhow::Result<()> {
     print!("{}", verdict.text(&options));
     if !verdict.identical() {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let spec = Spec::load(&args.spec)?;
+    let options = args.options();
+    let started = std::time::Instant::now();
+    let evaluation = behave::evaluate::evaluate(&spec, &options)
+        .with_context(|| format!("evaluating {}", args.spec.display()))?;
+    if args.json {
+        println!("{}", evaluation.json(options.k));
+    } else {
+        println!(
+            "behave evaluate: {} ({:?} split, ratio {}, k {}): {} users, {} training and {} held-out events, {:.1} s",
+            args.spec.display(),
+            options.split,
+            options.ratio,
+            options.k,
+            evaluation.users,
+            evaluation.train_events,
+            evaluation.test_events,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", evaluation.text(options.k));
     }
     Ok(())
 }

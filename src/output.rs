@@ -3,11 +3,12 @@
 //! 6 decimals.
 
 use crate::event::{Sym, Time, UserId};
-use crate::ingest::{Counts, Rejection};
+use crate::ingest::{Counts, Names, Rejection};
 use crate::runtime::{Audit, Row, Snapshot, ViewConfig};
 use crate::time::format_time;
 use crate::views::retention_table;
 use crate::views::segments::shown_size;
+use crate::views::similarity::{closer, fixed_to_f64};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,15 +23,34 @@ pub struct OutputError {
     pub message: String,
 }
 
-/// How user ids are shown: pseudonyms, or raw ids when revealing with the key.
+/// How user ids are shown: pseudonyms, or raw ids when revealing with the key; and how item
+/// symbols are shown: by the names seen in the input.
 pub struct UserNames<'a> {
     reveal: Option<&'a HashMap<UserId, Box<str>>>,
+    items: Option<&'a Names>,
 }
 
 impl<'a> UserNames<'a> {
     /// Shows raw ids for the users in `reveal`, pseudonyms otherwise.
     pub fn new(reveal: Option<&'a HashMap<UserId, Box<str>>>) -> UserNames<'a> {
-        UserNames { reveal }
+        UserNames {
+            reveal,
+            items: None,
+        }
+    }
+
+    /// Shows item symbols by their names in `items`.
+    pub fn with_items(mut self, items: &'a Names) -> UserNames<'a> {
+        self.items = Some(items);
+        self
+    }
+
+    /// The displayed name of an item (its hash in hex when unknown).
+    pub fn item(&self, item: Sym) -> String {
+        match self.items {
+            Some(names) => names.name(item),
+            None => Names::default().name(item),
+        }
     }
 
     /// The displayed id of `user`.
@@ -97,6 +117,9 @@ pub fn render(
         .collect();
     let mut sizes: HashMap<Sym, u64> = HashMap::new();
     let mut cells: Vec<Vec<((i64, i64), u64)>> = vec![Vec::new(); config.retention.len()];
+    let mut neighbours = Vec::new();
+    let mut item_neighbours = Vec::new();
+    let mut recommendations = Vec::new();
     for (row, copies) in snapshot {
         for _ in 0..(*copies).max(0) {
             match row {
@@ -125,6 +148,9 @@ pub fn render(
                         cells.push((*cell, *retained));
                     }
                 }
+                Row::Neighbour(user, s) => neighbours.push((users.show(*user), *s)),
+                Row::ItemNeighbour(item, s) => item_neighbours.push((users.item(*item), *s)),
+                Row::Recommendation(user, r) => recommendations.push((users.show(*user), *r)),
             }
         }
     }
@@ -174,7 +200,40 @@ pub fn render(
             table.rows.sort();
         }
     }
+    // Personalization tables: by subject, then best first (the ranking order of the view).
+    if config.similarity_table {
+        neighbours.sort_by(|a, b| a.0.cmp(&b.0).then(closer(&a.1, &b.1)));
+        let mut table = Table::new("similarity", &["user", "neighbour", "score"]);
+        table.rows = neighbours
+            .into_iter()
+            .map(|(user, s)| vec![user, users.show(s.neighbour), score(s.fixed())])
+            .collect();
+        tables.push(table);
+    }
+    if config.similarity.is_some() && config.item_similarity.is_some() {
+        item_neighbours.sort_by(|a, b| a.0.cmp(&b.0).then(closer(&a.1, &b.1)));
+        let mut table = Table::new("item_similarity", &["item", "neighbour", "score"]);
+        table.rows = item_neighbours
+            .into_iter()
+            .map(|(item, s)| vec![item, users.item(s.neighbour), score(s.fixed())])
+            .collect();
+        tables.push(table);
+    }
+    if config.similarity.is_some() && config.recommendations.is_some() {
+        recommendations.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.rank.cmp(&b.1.rank)));
+        let mut table = Table::new("recommendations", &["user", "rank", "item", "score"]);
+        table.rows = recommendations
+            .into_iter()
+            .map(|(user, r)| vec![user, r.rank.to_string(), users.item(r.item), score(r.score)])
+            .collect();
+        tables.push(table);
+    }
     tables
+}
+
+/// A fixed-point score with 6 decimals.
+fn score(fixed: i64) -> String {
+    format!("{:.6}", fixed_to_f64(fixed))
 }
 
 /// One line of the change log: `{"view": …, "row": {…}, "time": …, "diff": ±n}`, the row's
@@ -231,6 +290,31 @@ pub fn change_record(
                 }),
             )
         }
+        Row::Neighbour(user, s) => (
+            "similarity".to_string(),
+            json!({
+                "user": users.show(*user),
+                "neighbour": users.show(s.neighbour),
+                "score": score(s.fixed()),
+            }),
+        ),
+        Row::ItemNeighbour(item, s) => (
+            "item_similarity".to_string(),
+            json!({
+                "item": users.item(*item),
+                "neighbour": users.item(s.neighbour),
+                "score": score(s.fixed()),
+            }),
+        ),
+        Row::Recommendation(user, r) => (
+            "recommendations".to_string(),
+            json!({
+                "user": users.show(*user),
+                "rank": r.rank,
+                "item": users.item(r.item),
+                "score": score(r.score),
+            }),
+        ),
     };
     json!({
         "view": view,
@@ -388,11 +472,10 @@ impl Summary {
         line(
             "forget audit",
             format!(
-                "{} records of forgotten users left in {} arrangements ({} cancelled updates await a merge)",
+                "{} records of forgotten users in {} arrangements ({} updates physically left)",
                 self.forget_audit.residual_records,
                 self.forget_audit.traces,
                 self.forget_audit.physical_records
-                    .saturating_sub(self.forget_audit.residual_records)
             ),
         );
         line("as of", self.as_of.clone().unwrap_or_else(|| "-".into()));

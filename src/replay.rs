@@ -150,7 +150,13 @@ pub fn replay(options: ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
     summary.key_source = key_source.to_string();
     summary.forget_audit = finished.audit.clone();
 
-    let users = UserNames::new(report.reveal.as_ref());
+    let mut names = report.names.clone();
+    if let Some(catalog) = &spec.catalog {
+        for (item, name) in &catalog.names {
+            names.note(*item, name);
+        }
+    }
+    let users = UserNames::new(report.reveal.as_ref()).with_items(&names);
     let tables = match &finished.snapshot {
         Some(snapshot) => output::render(snapshot, &views, spec.k_anonymity, as_of, &users),
         None => Vec::new(),
@@ -211,7 +217,12 @@ fn write_changes(
     let file = std::fs::File::create(path).map_err(fail)?;
     let mut writer = std::io::BufWriter::new(file);
     for (row, time, diff) in changes {
-        if row.user().is_some_and(|user| forgotten.contains(&user)) {
+        if row
+            .users()
+            .iter()
+            .flatten()
+            .any(|user| forgotten.contains(user))
+        {
             continue;
         }
         let record = output::change_record(row, *time, *diff, views, users);

@@ -6,6 +6,9 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
+use crate::views::recommend::{recommendations_from, RecommendParams, Recommendation};
+use crate::views::similarity::{ItemSimilarityParams, Similar, SimilarityParams};
+use crate::views::window::Expiry;
 use crate::views::{self, segments, Diff, Engagement, RetentionSpec, Segment, Session};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::TraceAgent;
@@ -48,20 +51,40 @@ pub enum Row {
     Member(Sym, UserId),
     /// A cell of retention table number `.0`: `((cohort, k), retained)`, `k = 0` the cohort size.
     Retention(u32, (i64, i64), u64),
+    /// A row of `similarity.csv`: a user and one of their top-k neighbours.
+    Neighbour(UserId, Similar<UserId>),
+    /// A row of `item_similarity.csv`: an item and one of its top-k neighbours.
+    ItemNeighbour(Sym, Similar<Sym>),
+    /// A row of `recommendations.csv`.
+    Recommendation(UserId, Recommendation),
 }
 
 impl Row {
     /// The user the row is about, if it is a per-user row.
     pub fn user(&self) -> Option<UserId> {
         match self {
-            Row::Session(user, _) | Row::Engagement(user, _) | Row::Member(_, user) => Some(*user),
-            Row::Retention(..) => None,
+            Row::Session(user, _)
+            | Row::Engagement(user, _)
+            | Row::Member(_, user)
+            | Row::Neighbour(user, _)
+            | Row::Recommendation(user, _) => Some(*user),
+            Row::Retention(..) | Row::ItemNeighbour(..) => None,
         }
+    }
+
+    /// Every user the row names: its subject and, for a similarity row, the neighbour.
+    pub fn users(&self) -> [Option<UserId>; 2] {
+        let neighbour = match self {
+            Row::Neighbour(_, s) => Some(s.neighbour),
+            _ => None,
+        };
+        [self.user(), neighbour]
     }
 }
 
 /// Which views to maintain, with their parameters (the part of a [`Spec`] the workers need).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The default maintains none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewConfig {
     /// Session gap in seconds, when the sessions view is on.
     pub sessions: Option<i64>,
@@ -71,7 +94,17 @@ pub struct ViewConfig {
     pub segments: Vec<Segment>,
     /// Retention tables `(name, definition)`, in spec order.
     pub retention: Vec<(String, RetentionSpec)>,
-    /// Also keep every change of every view, for a change log (`--changes`).
+    /// User-user similarity, when on (its interactions also feed the two views below).
+    pub similarity: Option<SimilarityParams>,
+    /// Whether `similarity.csv` is written (the similarity may be on only for the views below).
+    pub similarity_table: bool,
+    /// Item-item similarity, when on (needs `similarity`).
+    pub item_similarity: Option<ItemSimilarityParams>,
+    /// Recommendations, when on (needs `similarity`).
+    pub recommendations: Option<RecommendParams>,
+    /// Also keep every change of every view, for a change log (`--changes`); windows then
+    /// expire at the exact second rather than at the next epoch, so the log shows when each
+    /// change happened (the snapshot is the same either way).
     pub record_changes: bool,
 }
 
@@ -90,6 +123,13 @@ impl ViewConfig {
                 .iter()
                 .map(|r| (r.name.clone(), r.to_view()))
                 .collect(),
+            similarity: spec.similarity.as_ref().map(|s| s.to_view()),
+            similarity_table: spec.similarity.is_some(),
+            item_similarity: spec.item_similarity.as_ref().map(|i| ItemSimilarityParams {
+                k: i.k,
+                max_user_items: i.max_user_items,
+            }),
+            recommendations: spec.recommend_params(),
             record_changes: false,
         }
     }
@@ -101,6 +141,10 @@ impl ViewConfig {
             engagement: Some((gap, 0)),
             segments: Vec::new(),
             retention: Vec::new(),
+            similarity: None,
+            similarity_table: false,
+            item_similarity: None,
+            recommendations: None,
             record_changes: false,
         }
     }
@@ -114,6 +158,8 @@ pub trait AuditedTrace {
     fn compact_to(&mut self, time: u64);
     /// How many physical updates the trace still holds for any of `users` (sorted).
     fn records_of(&mut self, users: &[UserId]) -> Residue;
+    /// How many batches with updates the trace holds (idle merging brings it down to one).
+    fn batches(&self) -> usize;
 }
 
 /// What a trace still holds of some users.
@@ -175,11 +221,53 @@ impl<V: differential_dataflow::ExchangeData> AuditedTrace for UserKeyed<V> {
         }
         residue
     }
+
+    fn batches(&self) -> usize {
+        let mut batches = 0;
+        self.trace
+            .map_spans(|span| batches += usize::from(span.has_updates()));
+        batches
+    }
 }
 
-/// Builds the views of `config` over `events`: the gathered output rows and the traces to audit.
+/// The event type of the purge pulse: events the runtime inserts after the snapshot time and
+/// retracts again, so that every arrangement receives one more non-empty batch and idle merging
+/// rewrites it under the compaction frontier, which drops the cancelled updates of forgotten
+/// users physically. They never reach a snapshot (their times are after the as-of time).
+pub const PURGE_EVENT: &str = "behave.purge";
+
+/// Pulse users per worker: enough that every worker's shard of every user-keyed arrangement
+/// receives at least one, whatever the routing hash does (a worker is missed with
+/// probability about `peers · e⁻⁶⁴`).
+const PULSE_USERS_PER_WORKER: u64 = 64;
+
+/// The pulse events worker `index` of `peers` inserts at `time`: reserved pseudonyms at the
+/// top of the id space (an HMAC output lands there with probability 2⁻⁵²).
+fn pulse(index: usize, peers: usize, time: u64) -> impl Iterator<Item = Event> {
+    (0..PULSE_USERS_PER_WORKER).map(move |k| {
+        let slot = k * peers as u64 + index as u64;
+        Event::new(UserId(u64::MAX - slot), time as i64, PURGE_EVENT)
+    })
+}
+
+/// The purge pulse's users with `value`, for arrangements the pulse events would not reach
+/// through their view (pulse users belong to no segment and have no neighbour), so that every
+/// audited arrangement gets the batch that rewrites it.
+fn pulse_users<'s, V: differential_dataflow::ExchangeData>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    value: V,
+) -> VecCollection<'s, u64, (UserId, V), Diff> {
+    let purge = Sym::of(PURGE_EVENT);
+    events
+        .filter(move |e| e.kind == purge)
+        .map(move |e| (e.user, value.clone()))
+}
+
+/// Builds the views of `config` over `events`, windows expiring as `expiry_at` says: the
+/// gathered output rows and the traces to audit.
 pub fn build_views<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
+    expiry_at: &Expiry<'s>,
     config: &ViewConfig,
 ) -> (
     VecCollection<'s, u64, Row, Diff>,
@@ -208,12 +296,14 @@ pub fn build_views<'s>(
         outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
     }
     if !config.segments.is_empty() {
-        // Not audited yet: a membership entered and left at two different times can stay in a
-        // single compacted batch (net zero) until a later merge, which idle merging does not
-        // force; the views themselves never show a forgotten member.
-        let members = segments::all_members(events.clone(), &config.segments)
+        let members = segments::all_members(events.clone(), &config.segments, expiry_at)
             .map(|(segment, user)| (user, segment))
+            .concat(pulse_users(events.clone(), Sym::of(PURGE_EVENT)))
             .arrange_by_key_named("SegmentMembers");
+        audited.push(Box::new(UserKeyed {
+            name: "segment_members".into(),
+            trace: members.trace.clone(),
+        }));
         outputs.push(members.as_collection(|u: &UserId, s: &Sym| Row::Member(*s, *u)));
     }
     for (table, (_, spec)) in config.retention.iter().enumerate() {
@@ -222,6 +312,46 @@ pub fn build_views<'s>(
             views::retention(events.clone(), spec)
                 .map(move |(cell, retained)| Row::Retention(table, cell, retained)),
         );
+    }
+    if let Some(params) = &config.similarity {
+        let neighbours = views::similarity(events.clone(), params);
+        if config.similarity_table {
+            let placeholder = Similar {
+                neighbour: UserId(0),
+                overlap: 0,
+                size: 0,
+                neighbour_size: 0,
+            };
+            let arranged = neighbours
+                .clone()
+                .concat(pulse_users(events.clone(), placeholder))
+                .arrange_by_key_named("Similarity");
+            audited.push(Box::new(UserKeyed {
+                name: "similarity".into(),
+                trace: arranged.trace.clone(),
+            }));
+            outputs.push(
+                arranged.as_collection(|u: &UserId, s: &Similar<UserId>| Row::Neighbour(*u, *s)),
+            );
+        }
+        if let Some(items) = &config.item_similarity {
+            outputs.push(
+                views::item_similarity(events.clone(), params, items)
+                    .map(|(item, s)| Row::ItemNeighbour(item, s)),
+            );
+        }
+        if let Some(recommend) = &config.recommendations {
+            let arranged = recommendations_from(events.clone(), neighbours, params, recommend)
+                .arrange_by_key_named("Recommendations");
+            audited.push(Box::new(UserKeyed {
+                name: "recommendations".into(),
+                trace: arranged.trace.clone(),
+            }));
+            outputs.push(
+                arranged
+                    .as_collection(|u: &UserId, r: &Recommendation| Row::Recommendation(*u, *r)),
+            );
+        }
     }
     let rows = differential_dataflow::collection::concatenate(events.scope(), outputs);
     (rows, audited)
@@ -252,9 +382,10 @@ pub struct Audit {
     /// Records of forgotten users whose updates do not cancel: data still held (0 is the
     /// promise, and a run fails otherwise).
     pub residual_records: usize,
-    /// Physical updates of forgotten users still present, cancelled ones included (an insertion
-    /// and its retraction at two times in one batch leave only when that batch is next merged,
-    /// which idle merging does not force once an arrangement is down to one batch).
+    /// Physical updates of forgotten users still present, cancelled ones included: the bytes of
+    /// an insertion and its retraction at two times stay until a merge rewrites their batch,
+    /// which the purge pulse at the end of a run forces (0 is the promise, as for
+    /// `residual_records`).
     pub physical_records: usize,
 }
 
@@ -429,10 +560,20 @@ fn run_worker(
         ..Gather::default()
     }));
     let mut input: InputSession<u64, Event, Diff> = InputSession::new();
+    // One tick per epoch and at the as-of time: the times windows are exact at.
+    let mut ticks: timely::dataflow::operators::vec::input::Handle<u64, ()> = Default::default();
     let probe = ProbeHandle::new();
     let mut audited = worker.dataflow::<u64, _, _>(|scope| {
         let events = input.to_collection(scope);
-        let (rows, audited) = build_views(events, config);
+        // A change log records each change at the second it happens; otherwise windows only
+        // need to be exact at the epochs, which costs far fewer logical times.
+        let clock = ticks.to_stream(scope);
+        let expiry_at = if config.record_changes {
+            Expiry::Exact
+        } else {
+            Expiry::Ticks(clock)
+        };
+        let (rows, audited) = build_views(events, &expiry_at, config);
         let sink = gather.clone();
         rows.inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
             .probe_with(&probe);
@@ -453,11 +594,14 @@ fn run_worker(
             } => {
                 if time > *input.time() {
                     input.advance_to(time);
+                    ticks.advance_to(time);
                 }
                 for (event, diff) in updates {
                     input.update(event, diff);
                 }
+                ticks.send(());
                 input.advance_to(time + 1);
+                ticks.advance_to(time + 1);
                 input.flush();
                 gather.borrow_mut().advance(time);
                 for trace in audited.iter_mut() {
@@ -477,13 +621,17 @@ fn run_worker(
                 }
             }
             Msg::End { as_of, forgotten } => {
+                if as_of >= *ticks.time() {
+                    ticks.advance_to(as_of);
+                    ticks.send(());
+                }
                 if as_of + 1 > *input.time() {
                     input.advance_to(as_of + 1);
+                    ticks.advance_to(as_of + 1);
                 }
                 input.flush();
                 gather.borrow_mut().advance(as_of);
                 worker.step_while(|| probe.less_than(input.time()));
-                result.audit = audit(worker, &mut audited, as_of + 1, &forgotten);
                 let taken = std::mem::take(&mut *gather.borrow_mut());
                 let (part, part_changes) = taken.finish(as_of);
                 let (snapshot, changes) = collect_on_first(worker, part, part_changes);
@@ -491,6 +639,21 @@ fn run_worker(
                     result.snapshot = Some(snapshot);
                     result.changes = changes;
                 }
+                // After the snapshot: the purge pulse, one epoch in and one out.
+                let start = *input.time();
+                let peers = worker.peers();
+                for event in pulse(index, peers, start) {
+                    input.update(event, 1);
+                }
+                input.advance_to(start + 1);
+                for event in pulse(index, peers, start) {
+                    input.update(event, -1);
+                }
+                input.advance_to(start + 2);
+                ticks.advance_to(start + 2);
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+                result.audit = audit(worker, &mut audited, start + 2, &forgotten);
                 let _ = acks.send(index);
             }
         }
@@ -498,8 +661,9 @@ fn run_worker(
     result
 }
 
-/// Compacts every audited trace to `time`, lets idle merging finish, and counts what remains
-/// of the forgotten users.
+/// Compacts every audited trace to `time`, lets idle merging bring each down to one batch
+/// (rewritten under the compaction frontier, which drops cancelled updates), and counts what
+/// remains of the forgotten users.
 fn audit(
     worker: &mut timely::worker::Worker,
     traces: &mut [Box<dyn AuditedTrace>],
@@ -509,22 +673,17 @@ fn audit(
     for trace in traces.iter_mut() {
         trace.compact_to(time);
     }
-    let count = |traces: &mut [Box<dyn AuditedTrace>]| {
-        traces
-            .iter_mut()
-            .map(|t| t.records_of(forgotten))
-            .fold(Residue::default(), |a, b| a + b)
-    };
-    let mut residue = count(traces);
-    // Give idle merging a bounded chance to drop cancelled updates too.
-    let mut rounds = 0;
-    while residue.physical > 0 && rounds < 64 {
-        for _ in 0..16 {
-            worker.step();
-        }
-        residue = count(traces);
-        rounds += 1;
+    // Idle merging works while a trace holds more than one batch; the pulse guarantees that
+    // each one does at this point. The bound only guards against a merge that never ends.
+    let mut steps = 0u64;
+    while traces.iter().any(|t| t.batches() > 1) && steps < 10_000_000 {
+        worker.step();
+        steps += 1;
     }
+    let residue = traces
+        .iter_mut()
+        .map(|t| t.records_of(forgotten))
+        .fold(Residue::default(), |a, b| a + b);
     Audit {
         traces: traces.len(),
         users: forgotten.len(),

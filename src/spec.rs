@@ -127,8 +127,12 @@ pub struct InputSpec {
     pub user: String,
     /// Column holding the event time.
     pub time: String,
-    /// Column holding the event type.
+    /// Column holding the event type (leave out when `event_type` is set).
+    #[serde(default)]
     pub event: String,
+    /// The event type of every row, for files without an event column (e.g. ratings).
+    #[serde(default)]
+    pub event_type: Option<String>,
     /// Column holding the item id, if any.
     #[serde(default)]
     pub item: Option<String>,
@@ -209,8 +213,9 @@ pub enum SegmentSpec {
         #[serde(default)]
         without: Option<String>,
     },
-    /// Users whose event count within the last `within` is at or above the `percentile`-th
-    /// percentile (nearest rank) over all users active within it.
+    /// Users whose metric (event count, or sum of values) over their counted events within
+    /// the last `within` is at or above the `percentile`-th percentile (nearest rank) over all
+    /// users with a counted event within it.
     Percentile {
         /// Segment name.
         name: String,
@@ -218,6 +223,12 @@ pub enum SegmentSpec {
         percentile: u32,
         /// The window.
         within: Seconds,
+        /// Only events of this type count (default: every event).
+        #[serde(default)]
+        event: Option<String>,
+        /// `"count"` (default) or `"value"` (sum of the events' values).
+        #[serde(default)]
+        metric: crate::views::segments::Metric,
     },
     /// Users seen before but without any event within the last `within`.
     Dormant {
@@ -260,10 +271,14 @@ impl SegmentSpec {
                 name,
                 percentile,
                 within,
+                event,
+                metric,
             } => Segment::Percentile(Percentile {
                 name: name.clone(),
                 percentile: *percentile,
                 within: within.0,
+                event: event.as_deref().map(Sym::of),
+                metric: *metric,
             }),
             SegmentSpec::Dormant { name, within } => Segment::Dormant(Dormant {
                 name: name.clone(),
@@ -317,6 +332,92 @@ impl RetentionSpec {
     }
 }
 
+/// The `[similarity]` table: user-user cosine over item sets (`similarity.csv`), and the
+/// interactions every personalization view reads.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimilaritySpec {
+    /// Event types that are interactions (they must name an item).
+    pub events: Vec<String>,
+    /// Only events with a value at least this count (e.g. ratings of 4 or more).
+    #[serde(default)]
+    pub min_value: Option<f64>,
+    /// Neighbours kept per user.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Items with more users than this generate no pairs.
+    #[serde(default = "default_cap")]
+    pub max_item_users: u64,
+    /// The event type opting a user out of personalization.
+    #[serde(default)]
+    pub opt_out_event: Option<String>,
+    /// The event type opting them back in.
+    #[serde(default)]
+    pub opt_in_event: Option<String>,
+}
+
+impl SimilaritySpec {
+    /// The view parameters (names interned).
+    pub fn to_view(&self) -> crate::views::similarity::SimilarityParams {
+        use crate::event::{Sym, Value};
+        use crate::views::similarity::{Consent, Interactions, SimilarityParams};
+        SimilarityParams {
+            interactions: Interactions {
+                events: self.events.iter().map(|e| Sym::of(e)).collect(),
+                min_value: self.min_value.and_then(Value::from_f64),
+            },
+            k: self.k,
+            max_item_users: self.max_item_users,
+            consent: self.opt_out_event.as_deref().map(|out| Consent {
+                opt_out: Sym::of(out),
+                opt_in: self.opt_in_event.as_deref().map(Sym::of),
+            }),
+        }
+    }
+}
+
+/// The `[item_similarity]` table: item-item cosine over user sets (`item_similarity.csv`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ItemSimilaritySpec {
+    /// Neighbours kept per item.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Users with more items than this generate no pairs.
+    #[serde(default = "default_cap")]
+    pub max_user_items: u64,
+}
+
+/// The `[recommendations]` table: top-`n` items per user (`recommendations.csv`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendationsSpec {
+    /// Items per user.
+    #[serde(default = "default_n")]
+    pub n: usize,
+    /// The event type with which a user dismisses an item.
+    #[serde(default)]
+    pub dismiss_event: Option<String>,
+    /// The popularity window of the cold-start fallback (default: all time).
+    #[serde(default)]
+    pub popular_within: Option<Seconds>,
+    /// Item catalog (`item,tags` CSV, tags separated by `|`) for the content term.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
+    /// Weight of the content term (needs `catalog`).
+    #[serde(default)]
+    pub content_weight: f64,
+}
+
+/// A loaded item catalog with its item names.
+#[derive(Clone, Debug, Default)]
+pub struct LoadedCatalog {
+    /// The tags.
+    pub catalog: std::sync::Arc<crate::views::recommend::Catalog>,
+    /// `(item, name)` of every catalog item.
+    pub names: Vec<(crate::event::Sym, String)>,
+}
+
 /// A whole spec file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +446,18 @@ pub struct Spec {
     /// Retention tables, written to `retention_<name>.csv`.
     #[serde(default)]
     pub retention: Vec<RetentionSpec>,
+    /// User-user similarity, written to `similarity.csv`.
+    #[serde(default)]
+    pub similarity: Option<SimilaritySpec>,
+    /// Item-item similarity, written to `item_similarity.csv` (needs `[similarity]`).
+    #[serde(default)]
+    pub item_similarity: Option<ItemSimilaritySpec>,
+    /// Recommendations, written to `recommendations.csv` (needs `[similarity]`).
+    #[serde(default)]
+    pub recommendations: Option<RecommendationsSpec>,
+    /// The catalog of `recommendations.catalog`, loaded with the spec.
+    #[serde(skip)]
+    pub catalog: Option<LoadedCatalog>,
 }
 
 fn default_delimiter() -> String {
@@ -369,6 +482,15 @@ fn default_tick() -> Seconds {
 }
 fn one() -> u64 {
     1
+}
+fn default_k() -> usize {
+    20
+}
+fn default_cap() -> u64 {
+    500
+}
+fn default_n() -> usize {
+    10
 }
 fn default_k_anonymity() -> u64 {
     5
@@ -396,8 +518,143 @@ impl Spec {
             path: path.to_owned(),
             message: describe_toml_error(text, &e),
         })?;
+        let mut spec = spec;
         spec.validate(path)?;
+        spec.load_catalog(path)?;
         Ok(spec)
+    }
+
+    /// Loads `recommendations.catalog`, if any.
+    fn load_catalog(&mut self, path: &Path) -> Result<(), SpecError> {
+        let Some(file) = self
+            .recommendations
+            .as_ref()
+            .and_then(|r| r.catalog.clone())
+        else {
+            return Ok(());
+        };
+        let (catalog, names) =
+            crate::views::recommend::Catalog::load(&file).map_err(|e| SpecError::Invalid {
+                path: path.to_owned(),
+                key: "recommendations.catalog".into(),
+                message: e.to_string(),
+            })?;
+        self.catalog = Some(LoadedCatalog {
+            catalog: std::sync::Arc::new(catalog),
+            names,
+        });
+        Ok(())
+    }
+
+    fn validate_personalization(
+        &self,
+        invalid: &dyn Fn(&str, String) -> SpecError,
+    ) -> Result<(), SpecError> {
+        let Some(similarity) = &self.similarity else {
+            for (present, key) in [
+                (self.item_similarity.is_some(), "item_similarity"),
+                (self.recommendations.is_some(), "recommendations"),
+            ] {
+                if present {
+                    return Err(invalid(
+                        key,
+                        "needs a [similarity] table (it names the interaction events)".into(),
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        if similarity.events.is_empty() || similarity.events.iter().any(|e| e.is_empty()) {
+            return Err(invalid(
+                "similarity.events",
+                "expected a non-empty list of event types".into(),
+            ));
+        }
+        if self.input.item.is_none() {
+            return Err(invalid(
+                "similarity.events",
+                "interactions need items: set input.item".into(),
+            ));
+        }
+        if let Some(min) = similarity.min_value {
+            if crate::event::Value::from_f64(min).is_none() {
+                return Err(invalid(
+                    "similarity.min_value",
+                    format!("{min} is out of range"),
+                ));
+            }
+            if self.input.value.is_none() {
+                return Err(invalid(
+                    "similarity.min_value",
+                    "filters on values: set input.value".into(),
+                ));
+            }
+        }
+        if similarity.k == 0 {
+            return Err(invalid("similarity.k", "expected at least 1".into()));
+        }
+        if similarity.max_item_users < 2 {
+            return Err(invalid(
+                "similarity.max_item_users",
+                "expected at least 2".into(),
+            ));
+        }
+        if similarity.opt_in_event.is_some() && similarity.opt_out_event.is_none() {
+            return Err(invalid(
+                "similarity.opt_in_event",
+                "needs similarity.opt_out_event".into(),
+            ));
+        }
+        for (key, name) in [
+            ("similarity.opt_out_event", &similarity.opt_out_event),
+            ("similarity.opt_in_event", &similarity.opt_in_event),
+        ] {
+            if name.as_deref() == Some("") {
+                return Err(invalid(key, "expected an event type, found \"\"".into()));
+            }
+        }
+        if let Some(items) = &self.item_similarity {
+            if items.k == 0 {
+                return Err(invalid("item_similarity.k", "expected at least 1".into()));
+            }
+            if items.max_user_items < 2 {
+                return Err(invalid(
+                    "item_similarity.max_user_items",
+                    "expected at least 2".into(),
+                ));
+            }
+        }
+        if let Some(recommendations) = &self.recommendations {
+            if recommendations.n == 0 {
+                return Err(invalid("recommendations.n", "expected at least 1".into()));
+            }
+            if recommendations.dismiss_event.as_deref() == Some("") {
+                return Err(invalid(
+                    "recommendations.dismiss_event",
+                    "expected an event type, found \"\"".into(),
+                ));
+            }
+            if recommendations.popular_within.is_some_and(|w| w.0 < 1) {
+                return Err(invalid(
+                    "recommendations.popular_within",
+                    "expected at least 1 second".into(),
+                ));
+            }
+            let weight = recommendations.content_weight;
+            if !weight.is_finite() || !(0.0..=1_000.0).contains(&weight) {
+                return Err(invalid(
+                    "recommendations.content_weight",
+                    format!("expected a number from 0 to 1000, found {weight}"),
+                ));
+            }
+            if weight > 0.0 && recommendations.catalog.is_none() {
+                return Err(invalid(
+                    "recommendations.content_weight",
+                    "needs recommendations.catalog".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, path: &Path) -> Result<(), SpecError> {
@@ -418,6 +675,22 @@ impl Spec {
         }
         if input.max_row_bytes == 0 {
             return Err(invalid("input.max_row_bytes", "expected at least 1".into()));
+        }
+        match (&input.event_type, input.event.is_empty()) {
+            (Some(kind), true) if !kind.trim().is_empty() => {}
+            (Some(_), true) => {
+                return Err(invalid(
+                    "input.event_type",
+                    "expected an event type, found \"\"".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    "input.event_type",
+                    "set either input.event (a column) or input.event_type, not both".into(),
+                ))
+            }
+            (None, _) => {}
         }
         let mapped = input.mapped_columns();
         for (key, column) in &mapped {
@@ -440,6 +713,7 @@ impl Spec {
             }
         }
         self.validate_segments(&invalid)?;
+        self.validate_personalization(&invalid)?;
         let mut seen = std::collections::BTreeSet::new();
         for retention in &self.retention {
             if !valid_name(&retention.name) {
@@ -530,6 +804,19 @@ impl Spec {
         self.name.as_deref().unwrap_or("behave")
     }
 
+    /// The recommendation parameters, when `[recommendations]` is present (with the loaded
+    /// catalog).
+    pub fn recommend_params(&self) -> Option<crate::views::recommend::RecommendParams> {
+        let r = self.recommendations.as_ref()?;
+        Some(crate::views::recommend::RecommendParams {
+            n: r.n,
+            dismiss: r.dismiss_event.as_deref().map(crate::event::Sym::of),
+            popular_within: r.popular_within.map(|w| w.0),
+            catalog: self.catalog.as_ref().map(|c| c.catalog.clone()),
+            content_weight: (r.content_weight * 1e6).round() as i64,
+        })
+    }
+
     /// The session gap used by sessions and engagement.
     pub fn session_gap(&self) -> i64 {
         self.sessions.clone().unwrap_or_default().gap.0
@@ -542,8 +829,10 @@ impl InputSpec {
         let mut columns = vec![
             ("input.user".to_string(), self.user.clone()),
             ("input.time".to_string(), self.time.clone()),
-            ("input.event".to_string(), self.event.clone()),
         ];
+        if self.event_type.is_none() {
+            columns.push(("input.event".to_string(), self.event.clone()));
+        }
         for (key, column) in [
             ("item", &self.item),
             ("id", &self.id),
@@ -642,6 +931,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(empty.contains("segment.without"), "{empty}");
+        let spenders = parse(
+            "[[segment]]\nname = \"top\"\nkind = \"percentile\"\npercentile = 90\n\
+             event = \"purchase\"\nmetric = \"value\"\nwithin = \"8w\"\n",
+        )
+        .unwrap();
+        let crate::views::Segment::Percentile(top) = spenders.segment[0].to_view() else {
+            panic!("not a percentile");
+        };
+        assert_eq!(top.event, Some(crate::event::Sym::of("purchase")));
+        assert_eq!(top.metric, crate::views::segments::Metric::Value);
+        assert_eq!(top.within, 8 * 7 * 86_400);
         assert_eq!(spec.retention[0].period, crate::views::Period::Week);
         assert_eq!(spec.retention[0].utc_offset, UtcOffset(19_800));
         assert_eq!(spec.k_anonymity, 5);
@@ -666,6 +966,13 @@ mod tests {
             "[[segment]]\nname = \"a\"\nkind = \"percentile\"\npercentile = 0\nwithin = \"1d\"\n",
         );
         assert!(percentile.contains("segment.percentile"), "{percentile}");
+        let metric = error(
+            "[[segment]]\nname = \"a\"\nkind = \"percentile\"\npercentile = 90\nmetric = \"revenue\"\nwithin = \"1d\"\n",
+        );
+        assert!(
+            metric.contains("revenue") && metric.contains("count") && metric.contains("value"),
+            "{metric}"
+        );
         let twice = error(
             "[[retention]]\nname = \"w\"\nperiod = \"week\"\n[[retention]]\nname = \"w\"\nperiod = \"day\"\n",
         );

@@ -993,6 +993,7 @@ fn events_after_a_forget_are_rejected_forgotten_with_an_empty_raw() {
     assert_eq!(run.summary.forgotten_users, 1);
     assert_eq!(run.summary.retracted_events, 2);
     assert_eq!(run.summary.forget_audit.residual_records, 0);
+    assert_eq!(run.summary.forget_audit.physical_records, 0);
     assert_eq!(
         run.reasons("events"),
         vec![(6, "forgotten"), (7, "forgotten"), (8, "forgotten")]

@@ -49,6 +49,7 @@ fn check_golden(golden: &Golden) {
     }
     assert_eq!(summary["as_of"], golden.as_of, "{}", golden.spec);
     assert_eq!(summary["forget_audit"]["residual_records"], 0);
+    assert_eq!(summary["forget_audit"]["physical_records"], 0);
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(stdout.contains(golden.summary_line), "{stdout}");
 }

@@ -5,9 +5,11 @@
 
 mod common;
 
-use behave::event::{Event, Sym, UserId};
-use behave::views::segments::{all_members, segment_sizes, Dormant, Percentile, Rule, Segment};
-use common::dataflow::{at, inserts, run_view, schedule, Update};
+use behave::event::{Event, Sym, UserId, Value};
+use behave::views::segments::{
+    all_members, segment_sizes, Dormant, Metric, Percentile, Rule, Segment,
+};
+use common::dataflow::{at, inserts, run_view_ticked, schedule, Update};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,16 +51,22 @@ fn oracle_rule(events: &[Event], rule: &Rule, as_of: i64) -> BTreeSet<UserId> {
 }
 
 fn oracle_percentile(events: &[Event], p: &Percentile, as_of: i64) -> BTreeSet<UserId> {
-    let mut counts: BTreeMap<UserId, u64> = BTreeMap::new();
+    // The metric of every user with a counted event in the window.
+    let mut counts: BTreeMap<UserId, i64> = BTreeMap::new();
     for e in events {
-        if in_window(e, as_of, p.within) {
-            *counts.entry(e.user).or_insert(0) += 1;
+        let counted = p.event.is_none_or(|kind| e.kind == kind);
+        if counted && in_window(e, as_of, p.within) {
+            let add = match p.metric {
+                Metric::Count => 1,
+                Metric::Value => e.value.map_or(0, |v| v.0),
+            };
+            *counts.entry(e.user).or_insert(0) += add;
         }
     }
     if counts.is_empty() {
         return BTreeSet::new();
     }
-    let mut sorted: Vec<u64> = counts.values().copied().collect();
+    let mut sorted: Vec<i64> = counts.values().copied().collect();
     sorted.sort();
     let n = sorted.len() as u64;
     // Nearest rank: ceil(P/100 * n), 1-based.
@@ -99,8 +107,19 @@ fn segments_dataflow(
     updates: &[Update],
     segments: Vec<Segment>,
 ) -> Vec<(Out, u64, isize)> {
-    run_view(workers, updates, move |events| {
-        let members = all_members(events, &segments);
+    segments_dataflow_ticked(workers, updates, None, segments)
+}
+
+/// The segments dataflow, with windows expiring at ticks at every update time and `as_of` when
+/// `ticks_until` is given.
+fn segments_dataflow_ticked(
+    workers: usize,
+    updates: &[Update],
+    ticks_until: Option<u64>,
+    segments: Vec<Segment>,
+) -> Vec<(Out, u64, isize)> {
+    run_view_ticked(workers, updates, ticks_until, move |events, expiry_at| {
+        let members = all_members(events, &segments, &expiry_at);
         let sizes = segment_sizes(members.clone()).map(|(s, n)| Out::Size(s, n));
         members.map(|(s, u)| Out::Member(s, u)).concat(sizes)
     })
@@ -135,17 +154,26 @@ fn sizes_at(out: &[(Out, u64, isize)], as_of: i64) -> BTreeMap<Sym, u64> {
 // Random streams.
 
 fn arb_event() -> impl Strategy<Value = Event> {
-    (0u64..10, 0i64..(90 * DAY), 0usize..3, 0usize..3).prop_map(|(user, offset, kind, plan)| {
-        let mut e = Event::new(
-            UserId(user),
-            START + offset - offset % 900,
-            ["view", "click", "buy"][kind],
-        );
-        if plan > 0 {
-            e.props = vec![(Sym::of("plan"), Sym::of(["free", "pro"][plan - 1]))];
-        }
-        e
-    })
+    (
+        0u64..10,
+        0i64..(90 * DAY),
+        0usize..3,
+        0usize..3,
+        prop::option::of(-2i64..50),
+    )
+        .prop_map(|(user, offset, kind, plan, value)| {
+            let mut e = Event::new(
+                UserId(user),
+                START + offset - offset % 900,
+                ["view", "click", "buy"][kind],
+            );
+            if plan > 0 {
+                e.props = vec![(Sym::of("plan"), Sym::of(["free", "pro"][plan - 1]))];
+            }
+            // Values in halves, negative ones (refunds) and ties included.
+            e.value = value.map(|v| Value(v * Value::SCALE / 2));
+            e
+        })
 }
 
 fn arb_within() -> impl Strategy<Value = i64> {
@@ -165,12 +193,24 @@ fn arb_segments() -> impl Strategy<Value = Vec<Segment>> {
         0u64..4,
         arb_within(),
         prop::option::of(0usize..3),
-        1u32..=100,
-        arb_within(),
+        (
+            1u32..=100,
+            arb_within(),
+            prop::option::of(0usize..3),
+            prop_oneof![Just(Metric::Count), Just(Metric::Value)],
+        ),
         arb_within(),
     )
         .prop_map(
-            |(kind, plan, at_least, rule_within, without, p, p_within, d_within)| {
+            |(
+                kind,
+                plan,
+                at_least,
+                rule_within,
+                without,
+                (p, p_within, p_event, metric),
+                d_within,
+            )| {
                 vec![
                     Segment::Rule(Rule {
                         name: "rule".into(),
@@ -186,6 +226,8 @@ fn arb_segments() -> impl Strategy<Value = Vec<Segment>> {
                         name: "top".into(),
                         percentile: p,
                         within: p_within,
+                        event: p_event.map(|i| Sym::of(["view", "click", "buy"][i])),
+                        metric,
                     }),
                     Segment::Dormant(Dormant {
                         name: "dormant".into(),
@@ -225,15 +267,28 @@ proptest! {
         segments in arb_segments(),
         tick in prop_oneof![Just(1i64), Just(HOUR), Just(DAY)],
         workers in prop_oneof![Just(1usize), Just(3)],
+        ticked in any::<bool>(),
     ) {
         let forgets: Vec<(u64, i64)> = forgets.into_iter().map(|(u, t)| (u, START + t)).collect();
         let (updates, as_of, survivors) = schedule(&events, &forgets, tick, START);
-        let out = segments_dataflow(workers, &updates, segments.clone());
+        let ticks_until = ticked.then_some(as_of as u64);
+        let out = segments_dataflow_ticked(workers, &updates, ticks_until, segments.clone());
         let expected = oracle_members(&survivors, &segments, as_of);
         prop_assert_eq!(&members_at(&out, as_of), &expected);
         let expected_sizes: BTreeMap<Sym, u64> =
             expected.iter().map(|(s, users)| (*s, users.len() as u64)).collect();
         prop_assert_eq!(sizes_at(&out, as_of), expected_sizes);
+        // Exact at every epoch, not only at the end: the events visible there are the input
+        // accumulated up to it.
+        let epochs: BTreeSet<u64> = updates.iter().map(|u| u.1).collect();
+        for epoch in epochs {
+            let visible: Vec<Event> = at(&updates.iter().map(|(e, t, r)| (e.clone(), *t, *r)).collect::<Vec<_>>(), epoch)
+                .into_iter()
+                .flat_map(|(e, n)| std::iter::repeat_n(e, n.max(0) as usize))
+                .collect();
+            let expected = oracle_members(&visible, &segments, epoch as i64);
+            prop_assert_eq!(&members_at(&out, epoch as i64), &expected, "at {}", epoch);
+        }
     }
 }
 
@@ -245,6 +300,8 @@ fn top(percentile: u32) -> Segment {
         name: format!("p{percentile}"),
         percentile,
         within: 30 * DAY,
+        event: None,
+        metric: Metric::Count,
     })
 }
 
@@ -261,6 +318,8 @@ fn oracle_itself_follows_the_definitions() {
         name: "p".into(),
         percentile: 50,
         within: DAY,
+        event: None,
+        metric: Metric::Count,
     };
     let members = oracle_percentile(&events, &p, START + 10);
     assert_eq!(members, [2, 3, 4, 5].map(UserId).into_iter().collect());
@@ -480,5 +539,50 @@ fn forgetting_a_member_removes_them_from_every_segment() {
     );
     for segment in &segments {
         assert_eq!(members[&segment.key()], only_one, "{}", segment.name());
+    }
+}
+
+#[test]
+fn top_spenders_rank_by_the_sum_of_one_event_type() {
+    // Purchases worth 10, 20, 20 and 100 (users 1..=4); user 5 only browses, a lot.
+    let mut events = Vec::new();
+    for (user, spend) in [(1u64, 10i64), (2, 20), (3, 20), (4, 100)] {
+        let mut e = Event::new(UserId(user), START + user as i64, "buy");
+        e.value = Some(Value(spend * Value::SCALE));
+        events.push(e);
+    }
+    for i in 0..50 {
+        events.push(Event::new(UserId(5), START + 10 + i, "view"));
+    }
+    let spenders = Segment::Percentile(Percentile {
+        name: "top_spenders".into(),
+        percentile: 75,
+        within: DAY,
+        event: Some(Sym::of("buy")),
+        metric: Metric::Value,
+    });
+    // Buyers only: n = 4, rank ceil(0.75 * 4) = 3 in [10, 20, 20, 100], threshold 20.
+    let expected = BTreeSet::from([UserId(2), UserId(3), UserId(4)]);
+    let as_of = START + 100;
+    assert_eq!(
+        oracle_members(&events, std::slice::from_ref(&spenders), as_of)[&spenders.key()],
+        expected
+    );
+    for workers in [1, 3] {
+        let out = segments_dataflow_ticked(
+            workers,
+            &inserts(&events),
+            Some(as_of as u64),
+            vec![spenders.clone()],
+        );
+        assert_eq!(members_at(&out, as_of)[&spenders.key()], expected);
+        // A day later every purchase has left the window, and nobody is a member.
+        let later = segments_dataflow_ticked(
+            workers,
+            &inserts(&events),
+            Some((START + DAY + 50) as u64),
+            vec![spenders.clone()],
+        );
+        assert!(!members_at(&later, START + DAY + 50).contains_key(&spenders.key()));
     }
 }

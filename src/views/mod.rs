@@ -8,15 +8,19 @@
 //! [`Event`]: crate::event::Event
 
 pub mod engagement;
+pub mod recommend;
 pub mod retention;
 pub mod segments;
 pub mod sessions;
+pub mod similarity;
 pub mod window;
 
 pub use engagement::{engagement, engagement_arranged, Engagement};
+pub use recommend::{recommendations, Recommendation};
 pub use retention::{retention, retention_table, Period, RetentionRow, RetentionSpec};
 pub use segments::{segment_sizes, Segment};
 pub use sessions::{sessions, sessions_arranged, Session};
+pub use similarity::{item_similarity, similarity, Similar};
 
 use crate::event::{Event, Time, UserId};
 use differential_dataflow::lattice::Lattice;

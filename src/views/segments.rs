@@ -4,17 +4,18 @@
 //! sliding window of `within` seconds (see [`window`](super::window)):
 //! - [`Rule`]: performed a given event (with property filters) at least `at_least` times within
 //!   the window, and optionally no event of a `without` type within the same window;
-//! - [`Percentile`]: event count within the window at or above the nearest-rank percentile of
-//!   the counts of all users active within the window;
+//! - [`Percentile`]: event count (or sum of values, of all events or one type) within the
+//!   window at or above the nearest-rank percentile of those of all users active within it;
 //! - [`Dormant`]: seen before, but no event within the window.
 //!
 //! Membership changes when time passes, not only when events arrive: an event leaving the window
-//! is retracted at `time + within`, so a user can leave a rule segment, or enter the dormant one,
-//! with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
+//! is retracted at `time + within` (or at the next tick after it, see
+//! [`Expiry`](super::window::Expiry)), so a user can leave a rule segment, or enter the dormant
+//! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::window::sliding;
+use super::window::{sliding, Expiry};
 use super::Diff;
 use crate::event::{Event, Sym, UserId};
 use differential_dataflow::VecCollection;
@@ -43,10 +44,10 @@ pub struct Rule {
     pub without: Option<Sym>,
 }
 
-/// A percentile segment: among users with at least one event within the last `within` seconds,
-/// those whose event count is at or above the nearest-rank `percentile`-th percentile of those
-/// counts (rank `ceil(P/100 * n)` in the ascending order of the `n` counts; every user tied with
-/// the threshold is a member).
+/// A percentile segment: among users with at least one counted event (every event, or those of
+/// type `event`) within the last `within` seconds, those whose [`Metric`] is at or above the
+/// nearest-rank `percentile`-th percentile of all their metrics (rank `ceil(P/100 * n)` in the
+/// ascending order of the `n` values; every user tied with the threshold is a member).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Percentile {
     /// Segment name; the output is keyed by `Sym::of(name)`.
@@ -55,6 +56,22 @@ pub struct Percentile {
     pub percentile: u32,
     /// Window length in seconds.
     pub within: i64,
+    /// Only events of this type count (e.g. purchases, for top buyers); `None` counts all.
+    pub event: Option<Sym>,
+    /// What users are ranked by.
+    pub metric: Metric,
+}
+
+/// What a percentile segment ranks users by, over their counted events in the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// The number of events.
+    #[default]
+    Count,
+    /// The sum of the events' `value`s (e.g. revenue; events without a value add 0), exact in
+    /// millionths.
+    Value,
 }
 
 /// A dormant segment: users with at least one event at or before the as-of time, but none within
@@ -135,6 +152,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 /// ```
 /// use behave::event::{Event, Sym, UserId};
 /// use behave::views::segments::{rule_members, Rule};
+/// use behave::views::window::Expiry;
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -152,7 +170,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         rule_members(input.to_collection(scope), &rule)
+///         rule_members(input.to_collection(scope), &rule, &Expiry::Exact)
 ///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
 ///     });
 ///     input.advance_to(10);
@@ -172,6 +190,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 /// ```
 /// use behave::event::{Event, Sym, UserId};
 /// use behave::views::segments::{rule_members, Rule};
+/// use behave::views::window::Expiry;
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -189,7 +208,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         rule_members(input.to_collection(scope), &rule)
+///         rule_members(input.to_collection(scope), &rule, &Expiry::Exact)
 ///             .consolidate()
 ///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
 ///     });
@@ -207,6 +226,7 @@ pub fn matches(rule: &Rule, event: &Event) -> bool {
 pub fn rule_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     rule: &Rule,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&rule.name);
     let at_least = rule.at_least.max(1);
@@ -214,7 +234,7 @@ pub fn rule_members<'s>(
     let matching = events
         .clone()
         .filter(move |event| matches(&predicate, event));
-    let qualified = sliding(matching, rule.within)
+    let qualified = sliding(matching, rule.within, expiry_at)
         .map(|event| event.user)
         .count()
         .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((user, ())));
@@ -225,6 +245,7 @@ pub fn rule_members<'s>(
             let excluded = sliding(
                 events.filter(move |event| event.kind == without),
                 rule.within,
+                expiry_at,
             )
             .map(|event| event.user)
             .distinct();
@@ -234,9 +255,9 @@ pub fn rule_members<'s>(
     members.map(move |(user, ())| (key, user))
 }
 
-/// The nearest-rank `percentile`-th percentile of a histogram of counts: `histogram` holds
-/// `(count, number of users with that count)` sorted by count ascending (entries with no users
-/// are skipped). Returns the threshold count, or `None` when there are no users.
+/// The nearest-rank `percentile`-th percentile of a histogram: `histogram` holds
+/// `(metric, number of users with that metric)` sorted by metric ascending (entries with no
+/// users are skipped). Returns the threshold metric, or `None` when there are no users.
 ///
 /// ```
 /// use behave::views::segments::percentile_threshold;
@@ -245,12 +266,12 @@ pub fn rule_members<'s>(
 /// assert_eq!(percentile_threshold(h, 50), Some(1));
 /// assert_eq!(percentile_threshold(h, 51), Some(2));
 /// assert_eq!(percentile_threshold(h, 100), Some(5));
-/// assert_eq!(percentile_threshold([], 90), None);
+/// assert_eq!(percentile_threshold::<u64>([], 90), None);
 /// ```
-pub fn percentile_threshold(
-    histogram: impl IntoIterator<Item = (u64, i64)> + Clone,
+pub fn percentile_threshold<M: Copy>(
+    histogram: impl IntoIterator<Item = (M, i64)> + Clone,
     percentile: u32,
-) -> Option<u64> {
+) -> Option<M> {
     let p = u128::from(percentile.clamp(1, 100));
     let users: u128 = histogram
         .clone()
@@ -274,45 +295,63 @@ pub fn percentile_threshold(
     None
 }
 
-/// Members of a percentile segment: `(Sym::of(name), user)` for every user active within the
-/// window whose event count there is at or above the nearest-rank percentile of all active
-/// users' counts ([`percentile_threshold`]).
+/// Members of a percentile segment: `(Sym::of(name), user)` for every user with a counted event
+/// within the window whose [`Metric`] there is at or above the nearest-rank percentile of all
+/// such users' metrics ([`percentile_threshold`]).
 ///
-/// The threshold is computed by one reduction over the histogram `count -> number of users`
-/// (so each change costs time proportional to the number of distinct counts, not users), which
-/// yields the qualifying counts; users are joined back to them by count.
+/// The threshold is computed by one reduction over the histogram `metric -> number of users`
+/// (so each change costs time proportional to the number of distinct metrics, not users), which
+/// yields the qualifying metrics; users are joined back to them by metric.
 pub fn percentile_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Percentile,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&segment.name);
     let percentile = segment.percentile;
-    let counts = sliding(events, segment.within)
-        .map(|event| event.user)
-        .count()
-        .map(|(user, count)| (count as u64, user));
-    // The diff of `(key, count)` is the number of users with that count: the histogram.
-    let qualifying = counts
+    let counted = match segment.event {
+        Some(kind) => events.filter(move |event| event.kind == kind),
+        None => events,
+    };
+    let window = sliding(counted, segment.within, expiry_at);
+    let metrics = match segment.metric {
+        Metric::Count => window
+            .map(|event| event.user)
+            .count()
+            .map(|(user, count)| (count as i64, user)),
+        Metric::Value => window
+            .map(|event| (event.user, event.value.map_or(0, |v| v.0)))
+            .reduce_named(
+                "PercentileValue",
+                |_user, values: &[(&i64, Diff)], output: &mut Vec<(i64, Diff)>| {
+                    let sum = values.iter().map(|(v, n)| **v * *n as i64).sum();
+                    output.push((sum, 1));
+                },
+            )
+            .map(|(user, sum)| (sum, user)),
+    };
+    // The diff of `(key, metric)` is the number of users with that metric: the histogram.
+    let qualifying = metrics
         .clone()
-        .map(move |(count, _user)| (key, count))
+        .map(move |(metric, _user)| (key, metric))
         .reduce_named(
             "PercentileThreshold",
-            move |_key, histogram: &[(&u64, Diff)], output: &mut Vec<(u64, Diff)>| {
-                let pairs = histogram.iter().map(|(count, n)| (**count, *n as i64));
+            move |_key, histogram: &[(&i64, Diff)], output: &mut Vec<(i64, Diff)>| {
+                let pairs = histogram.iter().map(|(metric, n)| (**metric, *n as i64));
                 if let Some(threshold) = percentile_threshold(pairs, percentile) {
                     output.extend(
                         histogram
                             .iter()
-                            .filter(|(count, n)| **count >= threshold && *n > 0)
-                            .map(|(count, _)| (**count, 1)),
+                            .filter(|(metric, n)| **metric >= threshold && *n > 0)
+                            .map(|(metric, _)| (**metric, 1)),
                     );
                 }
             },
         );
-    counts
-        .map(move |(count, user)| ((key, count), user))
+    metrics
+        .map(move |(metric, user)| ((key, metric), user))
         .semijoin(qualifying)
-        .map(|((key, _count), user)| (key, user))
+        .map(|((key, _metric), user)| (key, user))
 }
 
 /// Members of a dormant segment: `(Sym::of(name), user)` for every user with an event at or
@@ -322,6 +361,7 @@ pub fn percentile_members<'s>(
 /// ```
 /// use behave::event::{Event, UserId};
 /// use behave::views::segments::{dormant_members, Dormant};
+/// use behave::views::window::Expiry;
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -332,7 +372,7 @@ pub fn percentile_members<'s>(
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         dormant_members(input.to_collection(scope), &segment)
+///         dormant_members(input.to_collection(scope), &segment, &Expiry::Exact)
 ///             .consolidate()
 ///             .inspect(move |(m, t, r)| out.lock().unwrap().push((m.1, *t, *r)));
 ///     });
@@ -354,9 +394,10 @@ pub fn percentile_members<'s>(
 pub fn dormant_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Dormant,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&segment.name);
-    let active = sliding(events.clone(), segment.within)
+    let active = sliding(events.clone(), segment.within, expiry_at)
         .map(|event| event.user)
         .distinct();
     let seen = events.map(|event| event.user).distinct();
@@ -366,15 +407,16 @@ pub fn dormant_members<'s>(
     seen.concat(active.negate()).map(move |user| (key, user))
 }
 
-/// Members of any segment, keyed by [`Segment::key`].
+/// Members of any segment, keyed by [`Segment::key`], with windows expiring as `expiry_at` says.
 pub fn members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Segment,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     match segment {
-        Segment::Rule(rule) => rule_members(events, rule),
-        Segment::Percentile(p) => percentile_members(events, p),
-        Segment::Dormant(d) => dormant_members(events, d),
+        Segment::Rule(rule) => rule_members(events, rule, expiry_at),
+        Segment::Percentile(p) => percentile_members(events, p, expiry_at),
+        Segment::Dormant(d) => dormant_members(events, d, expiry_at),
     }
 }
 
@@ -382,10 +424,11 @@ pub fn members<'s>(
 pub fn all_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segments: &[Segment],
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let parts: Vec<_> = segments
         .iter()
-        .map(|segment| members(events.clone(), segment))
+        .map(|segment| members(events.clone(), segment, expiry_at))
         .collect();
     differential_dataflow::collection::concatenate(events.scope(), parts)
 }

@@ -4,11 +4,32 @@
 //! The logical time of a behave dataflow is event time in seconds (`u64`, see DESIGN "Time"), and
 //! an event enters its collection at a logical time at or after its event time. The window
 //! operators here rely on that: they are defined for `u64` logical times only.
+//!
+//! When retractions take effect is an [`Expiry`]: at the exact second (every logical time is a
+//! possible snapshot), or at the next tick of a clock (the times a runtime takes snapshots at,
+//! e.g. its epochs), which keeps the number of distinct logical times, the main cost of
+//! differential operators, down to the number of ticks.
 
 use super::Diff;
 use crate::event::{Event, Time};
 use differential_dataflow::{AsCollection, VecCollection};
+use std::collections::btree_map::{BTreeMap, Entry};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+/// When the records of a sliding window are retracted.
+#[derive(Clone)]
+pub enum Expiry<'s> {
+    /// At the exact second a record leaves: the window is exact at every logical time.
+    Exact,
+    /// At the first tick of this clock at or after the second a record leaves: the window is
+    /// exact at every tick. Each worker must see every tick (one `()` per tick time on every
+    /// worker); the behave runtime ticks once per epoch, and at the as-of time.
+    Ticks(StreamVec<'s, u64, ()>),
+}
 
 /// The logical time at which a record with event time `time`, arriving at logical time `arrived`,
 /// leaves a window of `d` seconds: `max(arrived, time + d)`, clamped to the `u64` range.
@@ -28,13 +49,14 @@ pub fn expiry(arrived: u64, time: Time, d: i64) -> u64 {
 /// Every record of `collection` counted only while it is recent: a record with event time
 /// `time_of(x)` is present at logical time `L` exactly when `time_of(x) <= L < time_of(x) + d`
 /// (and it has arrived by `L`). Each update `(x, t, r)` is passed on together with
-/// `(x, max(t, time_of(x) + d), -r)`.
+/// `(x, max(t, time_of(x) + d), -r)` ([`Expiry::Exact`]), or with that retraction moved to the
+/// first tick at or after its time ([`Expiry::Ticks`]: exact at every tick).
 ///
 /// A window of `d <= 0` is always empty. Retractions (e.g. a forgotten user's events) retract
 /// their window copy too, whether the window has passed or not.
 ///
 /// ```
-/// use behave::views::window::sliding_by;
+/// use behave::views::window::{sliding_by, Expiry};
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -44,7 +66,7 @@ pub fn expiry(arrived: u64, time: Time, d: i64) -> u64 {
 ///     let mut input: InputSession<u64, (&'static str, i64), isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         sliding_by(input.to_collection(scope), 10, |x: &(&str, i64)| x.1)
+///         sliding_by(input.to_collection(scope), 10, |x: &(&str, i64)| x.1, &Expiry::Exact)
 ///             .inspect(move |u| out.lock().unwrap().push(u.clone()));
 ///     });
 ///     input.advance_to(5);
@@ -59,19 +81,94 @@ pub fn sliding_by<'s, D, F>(
     collection: VecCollection<'s, u64, D, Diff>,
     d: i64,
     time_of: F,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, D, Diff>
 where
-    D: Clone + 'static,
+    D: Ord + Clone + 'static,
     F: Fn(&D) -> Time + 'static,
 {
-    // Every emitted time is at least the update's own time, which is at least the time of the
-    // capability it travels under, so the collection's timestamp invariant holds.
+    match expiry_at {
+        // Every emitted time is at least the update's own time, which is at least the time of
+        // the capability it travels under, so the collection's timestamp invariant holds.
+        Expiry::Exact => collection
+            .inner
+            .flat_map(move |(data, time, diff)| {
+                let leaves = expiry(time, time_of(&data), d);
+                let copy = data.clone();
+                [(data, time, diff), (copy, leaves, -diff)]
+            })
+            .as_collection(),
+        Expiry::Ticks(ticks) => sliding_at_ticks(collection, d, time_of, ticks.clone()),
+    }
+}
+
+/// [`sliding_by`] with retractions at ticks: each record is passed on at once, and its
+/// retraction waits, consolidated with others of the same record and expiry (so a forgotten
+/// user's pending retractions cancel and leave), until the first tick at or after its expiry
+/// whose time the input has passed.
+fn sliding_at_ticks<'s, D, F>(
+    collection: VecCollection<'s, u64, D, Diff>,
+    d: i64,
+    time_of: F,
+    ticks: StreamVec<'s, u64, ()>,
+) -> VecCollection<'s, u64, D, Diff>
+where
+    D: Ord + Clone + 'static,
+    F: Fn(&D) -> Time + 'static,
+{
     collection
         .inner
-        .flat_map(move |(data, time, diff)| {
-            let leaves = expiry(time, time_of(&data), d);
-            let copy = data.clone();
-            [(data, time, diff), (copy, leaves, -diff)]
+        .binary_frontier(ticks, Pipeline, Pipeline, "SlidingWindow", move |_, _| {
+            // Retractions owed, by (expiry, record).
+            let mut pending: BTreeMap<(u64, D), Diff> = BTreeMap::new();
+            // Ticks not yet acted on, with the capability to emit at their time.
+            let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            move |(data, data_frontier), (ticks, ticks_frontier), output| {
+                data.for_each(|cap, batch| {
+                    let mut session = output.session(&cap);
+                    for (record, time, diff) in batch.drain(..) {
+                        let leaves = expiry(time, time_of(&record), d);
+                        if leaves <= time {
+                            continue; // In and out at the same time: never in the window.
+                        }
+                        match pending.entry((leaves, record.clone())) {
+                            Entry::Vacant(owed) => {
+                                owed.insert(-diff);
+                            }
+                            Entry::Occupied(mut owed) => {
+                                *owed.get_mut() -= diff;
+                                if *owed.get() == 0 {
+                                    owed.remove();
+                                }
+                            }
+                        }
+                        session.give((record, time, diff));
+                    }
+                });
+                ticks.for_each(|cap, batch| {
+                    batch.clear();
+                    if let Some(cap) = cap.retain_least(0) {
+                        marks.entry(*cap.time()).or_insert(cap);
+                    }
+                });
+                // A tick is acted on once no earlier tick and no record at or before it can
+                // still arrive.
+                while let Some(entry) = marks.first_entry() {
+                    let tick = *entry.key();
+                    if data_frontier.less_equal(&tick) || ticks_frontier.less_than(&tick) {
+                        break;
+                    }
+                    let cap = entry.remove();
+                    let mut session = output.session(&cap);
+                    while let Some(owed) = pending.first_entry() {
+                        if owed.key().0 > tick {
+                            break;
+                        }
+                        let ((_, record), diff) = owed.remove_entry();
+                        session.give((record, tick, diff));
+                    }
+                }
+            }
         })
         .as_collection()
 }
@@ -81,7 +178,7 @@ where
 ///
 /// ```
 /// use behave::event::{Event, UserId};
-/// use behave::views::window::sliding;
+/// use behave::views::window::{sliding, Expiry};
 /// use differential_dataflow::input::InputSession;
 /// use std::sync::{Arc, Mutex};
 ///
@@ -91,7 +188,7 @@ where
 ///     let mut input: InputSession<u64, Event, isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
-///         sliding(input.to_collection(scope), 3_600)
+///         sliding(input.to_collection(scope), 3_600, &Expiry::Exact)
 ///             .inspect(move |(e, t, r)| out.lock().unwrap().push((e.time, *t, *r)));
 ///     });
 ///     input.advance_to(1_000);
@@ -105,6 +202,7 @@ where
 pub fn sliding<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     d: i64,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, Event, Diff> {
-    sliding_by(events, d, |event: &Event| event.time)
+    sliding_by(events, d, |event: &Event| event.time, expiry_at)
 }

@@ -2,10 +2,12 @@
 //! workers, capture the output, and accumulate it at an as-of time.
 
 use behave::event::Event;
+use behave::views::window::Expiry;
 use differential_dataflow::input::InputSession;
 use differential_dataflow::VecCollection;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use timely::dataflow::operators::vec::input::Handle;
 
 /// One input update: the event, the logical time it enters (or leaves) at, and the diff.
 pub type Update = (Event, u64, isize);
@@ -20,6 +22,28 @@ where
         + Sync
         + 'static,
 {
+    run_view_ticked(workers, updates, None, move |events, _| view(events))
+}
+
+/// [`run_view`] for views with sliding windows: with `ticks_until = Some(as_of)` the view gets
+/// a clock that ticks at every logical time of `updates` and at `as_of` (as the runtime ticks at
+/// its epochs), else windows expire at the exact second.
+pub fn run_view_ticked<D, F>(
+    workers: usize,
+    updates: &[Update],
+    ticks_until: Option<u64>,
+    view: F,
+) -> Vec<(D, u64, isize)>
+where
+    D: Clone + Send + 'static,
+    F: for<'s> Fn(
+            VecCollection<'s, u64, Event, isize>,
+            Expiry<'s>,
+        ) -> VecCollection<'s, u64, D, isize>
+        + Send
+        + Sync
+        + 'static,
+{
     let mut updates = updates.to_vec();
     updates.sort_by_key(|u| u.1);
     let updates = Arc::new(updates);
@@ -29,20 +53,36 @@ where
         let index = worker.index();
         let peers = worker.peers();
         let mut input: InputSession<u64, Event, isize> = InputSession::new();
+        let mut ticks: Handle<u64, ()> = Handle::new();
         let sink = sink.clone();
         worker.dataflow::<u64, _, _>(|scope| {
-            view(input.to_collection(scope)).inspect(move |u| sink.lock().unwrap().push(u.clone()));
+            let expiry_at = match ticks_until {
+                Some(_) => Expiry::Ticks(ticks.to_stream(scope)),
+                None => Expiry::Exact,
+            };
+            view(input.to_collection(scope), expiry_at)
+                .inspect(move |u| sink.lock().unwrap().push(u.clone()));
         });
-        for (event, time, diff) in updates.iter() {
-            if event.user.0 as usize % peers != index {
-                continue;
+        let tick = |time: u64, ticks: &mut Handle<u64, ()>| {
+            if ticks_until.is_some() && time >= *ticks.time() {
+                ticks.advance_to(time);
+                ticks.send(());
+                ticks.advance_to(time + 1);
             }
+        };
+        for (event, time, diff) in updates.iter() {
             if *time > *input.time() {
                 input.advance_to(*time);
                 input.flush();
                 worker.step();
             }
-            input.update(event.clone(), *diff);
+            tick(*time, &mut ticks);
+            if event.user.0 as usize % peers == index {
+                input.update(event.clone(), *diff);
+            }
+        }
+        if let Some(as_of) = ticks_until {
+            tick(as_of, &mut ticks);
         }
     })
     .expect("timely runs");
