@@ -481,6 +481,16 @@ enum Piece {
     Change(Row, u64),
 }
 
+/// Steps the worker until `pending` turns false, parking its thread (up to 1 ms at a time)
+/// whenever it has nothing to do instead of spinning. A worker waiting for its peers' progress
+/// would otherwise busy-loop on the core a peer needs whenever workers outnumber free cores;
+/// a message or activation for it wakes it at once.
+fn wait_while(worker: &mut timely::worker::Worker, mut pending: impl FnMut() -> bool) {
+    while pending() {
+        worker.step_or_park(Some(std::time::Duration::from_millis(1)));
+    }
+}
+
 /// Sends every worker's part of the snapshot (and change log) to worker 0, in a one-off
 /// dataflow that every worker builds at the end of the run, and returns the whole on worker 0
 /// (empty elsewhere). This is the only point where output crosses workers.
@@ -518,7 +528,7 @@ fn collect_on_first(
     }
     input.advance_to(1);
     input.flush();
-    worker.step_while(|| probe.less_than(&1));
+    wait_while(worker, || probe.less_than(&1));
     let mut whole: HashMap<Row, Diff> = HashMap::new();
     let mut log = Vec::new();
     for (piece, diff) in received.take() {
@@ -609,14 +619,14 @@ fn run_worker(
                 }
                 recent.push_back(time);
                 if sync {
-                    worker.step_while(|| probe.less_than(input.time()));
+                    wait_while(worker, || probe.less_than(input.time()));
                     recent.clear();
                     let _ = acks.send(index);
                 } else {
                     worker.step();
                     if recent.len() > MAX_LAG {
                         let behind = recent.pop_front().unwrap_or(0);
-                        worker.step_while(|| probe.less_than(&(behind + 1)));
+                        wait_while(worker, || probe.less_than(&(behind + 1)));
                     }
                 }
             }
@@ -631,7 +641,7 @@ fn run_worker(
                 }
                 input.flush();
                 gather.borrow_mut().advance(as_of);
-                worker.step_while(|| probe.less_than(input.time()));
+                wait_while(worker, || probe.less_than(input.time()));
                 let taken = std::mem::take(&mut *gather.borrow_mut());
                 let (part, part_changes) = taken.finish(as_of);
                 let (snapshot, changes) = collect_on_first(worker, part, part_changes);
@@ -652,7 +662,7 @@ fn run_worker(
                 input.advance_to(start + 2);
                 ticks.advance_to(start + 2);
                 input.flush();
-                worker.step_while(|| probe.less_than(input.time()));
+                wait_while(worker, || probe.less_than(input.time()));
                 result.audit = audit(worker, &mut audited, start + 2, &forgotten);
                 let _ = acks.send(index);
             }
