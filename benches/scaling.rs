@@ -9,9 +9,10 @@
 //! Each shipped spec (`dataflows/*.toml`, or `--spec`) is retargeted to the generated stream of
 //! the foundation benchmark (`target/bench-data/events-N.csv`, same seed and generator): its
 //! `[input]` is replaced by the generated file's columns, every event name its views use is
-//! mapped to a generated event type ([`EVENT_MAP`]; unknown names are mapped by a stable hash),
-//! and property filters (`where`) are dropped, since the generated rows have no properties. The
-//! spec's tick and every view parameter are kept. Every measurement runs in a fresh child
+//! mapped to a generated event type ([`EVENT_MAP`]; names without a counterpart, such as
+//! opt-out events, match nothing), and the keys that need columns the generated rows lack
+//! ([`DROPPED_KEYS`]: property filters, value metrics and filters, the item catalog) are
+//! dropped. The spec's tick and every other view parameter are kept. Every measurement runs in a fresh child
 //! process so each peak-memory reading (`VmHWM`) belongs to one configuration.
 //! Defaults: 10,000,000 events, 100,000 users, workers 1,2,4,8,16, 20 forgets, one run.
 
@@ -28,7 +29,7 @@ use std::time::Instant;
 use support::*;
 
 /// Event names of the shipped specs and the generated event types they stand for.
-const EVENT_MAP: [(&str, &str); 7] = [
+const EVENT_MAP: [(&str, &str); 8] = [
     ("lesson_view", "view"),
     ("quiz_result", "click"),
     ("completion", "purchase"),
@@ -36,7 +37,12 @@ const EVENT_MAP: [(&str, &str); 7] = [
     ("product_view", "view"),
     ("add_to_cart", "add_to_cart"),
     ("purchase", "purchase"),
+    ("rate", "add_to_cart"),
 ];
+
+/// Keys dropped from every view table: they need columns the generated rows do not have
+/// (properties, values, an item catalog).
+const DROPPED_KEYS: [&str; 5] = ["where", "metric", "min_value", "catalog", "content_weight"];
 
 /// Targets of the scaling issue, at 16 workers against 1.
 const TARGET_SPEEDUP_16: f64 = 10.0;
@@ -199,30 +205,25 @@ fn shipped_specs() -> Result<Vec<PathBuf>> {
     Ok(specs)
 }
 
-/// The generated event type standing for a spec's event name.
-fn generated_kind(name: &str) -> &'static str {
-    if let Some((_, kind)) = EVENT_MAP.iter().find(|(from, _)| *from == name) {
-        return kind;
-    }
-    if let Some((kind, _)) = KINDS.iter().find(|(kind, _)| *kind == name) {
-        return kind;
-    }
-    // FNV-1a: stable across runs and platforms.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    KINDS[(hash % KINDS.len() as u64) as usize].0
+/// The generated event type standing for a spec's event name; names with no counterpart
+/// (opt-out, opt-in, dismiss) stay as they are, and never occur in the generated stream.
+fn generated_kind(name: &str) -> String {
+    EVENT_MAP
+        .iter()
+        .find(|(from, _)| *from == name)
+        .map_or(name, |(_, kind)| kind)
+        .to_string()
 }
 
 /// Maps event names (values of keys containing `event`, and `without`) to generated types and
-/// drops property filters, in every table but `[input]`.
+/// drops [`DROPPED_KEYS`], in every table but `[input]`.
 fn map_events(value: &mut toml::Value) {
     let rename = |v: &mut toml::Value| match v {
-        toml::Value::String(s) => *s = generated_kind(s).to_string(),
+        toml::Value::String(s) => *s = generated_kind(s),
         toml::Value::Array(items) => {
             for item in items {
                 if let toml::Value::String(s) = item {
-                    *s = generated_kind(s).to_string();
+                    *s = generated_kind(s);
                 }
             }
         }
@@ -230,7 +231,9 @@ fn map_events(value: &mut toml::Value) {
     };
     match value {
         toml::Value::Table(table) => {
-            table.remove("where");
+            for key in DROPPED_KEYS {
+                table.remove(key);
+            }
             for (key, v) in table.iter_mut() {
                 if key.contains("event") || key == "without" {
                     rename(v);
