@@ -10,6 +10,7 @@
 //! `behave` binary replays event files through the same functions ([`runtime`]).
 
 pub mod cli;
+pub mod cluster_test;
 pub mod evaluate;
 pub mod event;
 pub mod ingest;

@@ -1,6 +1,7 @@
 //! Execution: runs the views of a spec on timely workers (threads and processes), feeds them
-//! the epochs the ingestor cuts, gathers the output to worker 0 as an exact snapshot at the
-//! as-of time, and audits the arrangements for records of forgotten users.
+//! the epochs the ingestor cuts, keeps each worker's part of the output, gathers the parts to
+//! worker 0 as an exact snapshot at the as-of time, and audits the arrangements for records of
+//! forgotten users.
 
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
@@ -404,9 +405,11 @@ struct WorkerResult {
 /// How many epochs a worker lets its dataflow fall behind the input before waiting.
 const MAX_LAG: usize = 4;
 
-/// Gathers output updates on worker 0: folds those at or before the latest input time into
-/// the snapshot, keeps later ones (from windowed views, which schedule retractions ahead)
-/// until the input reaches their time, and optionally logs every change.
+/// Folds the output updates a worker's views produce into its part of the snapshot: those at
+/// or before the latest input time join it, later ones (from windowed views, which schedule
+/// retractions ahead) wait until the input reaches their time; optionally logs every change.
+/// Each worker keeps the rows of its own keys; the parts meet on worker 0 only at the end
+/// ([`collect_on_first`]), so no single worker handles every output change of the run.
 #[derive(Default)]
 struct Gather {
     input_time: u64,
@@ -449,19 +452,85 @@ impl Gather {
         self.advance(as_of);
         let changes = self.changes.map(|mut changes| {
             changes.retain(|(_, time, _)| *time <= as_of);
-            changes.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-            let mut consolidated: Vec<(Row, u64, Diff)> = Vec::with_capacity(changes.len());
-            for (row, time, diff) in changes {
-                match consolidated.last_mut() {
-                    Some(last) if last.0 == row && last.1 == time => last.2 += diff,
-                    _ => consolidated.push((row, time, diff)),
-                }
-            }
-            consolidated.retain(|(_, _, diff)| *diff != 0);
-            consolidated
+            consolidate_changes(changes)
         });
         (self.current.into_iter().collect(), changes)
     }
+}
+
+/// Sorts changes by time (then row) and sums the diffs of equal `(row, time)`, dropping zeros.
+fn consolidate_changes(mut changes: Changes) -> Changes {
+    changes.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let mut consolidated: Vec<(Row, u64, Diff)> = Vec::with_capacity(changes.len());
+    for (row, time, diff) in changes {
+        match consolidated.last_mut() {
+            Some(last) if last.0 == row && last.1 == time => last.2 += diff,
+            _ => consolidated.push((row, time, diff)),
+        }
+    }
+    consolidated.retain(|(_, _, diff)| *diff != 0);
+    consolidated
+}
+
+/// A piece of a worker's final output on its way to worker 0.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Piece {
+    /// A snapshot row (its multiplicity is the update's diff).
+    Row(Row),
+    /// A change of the change log: the row and its time (the diff is the update's).
+    Change(Row, u64),
+}
+
+/// Sends every worker's part of the snapshot (and change log) to worker 0, in a one-off
+/// dataflow that every worker builds at the end of the run, and returns the whole on worker 0
+/// (empty elsewhere). This is the only point where output crosses workers.
+fn collect_on_first(
+    worker: &mut timely::worker::Worker,
+    snapshot: Snapshot,
+    changes: Option<Changes>,
+) -> (Snapshot, Option<Changes>) {
+    let logging = changes.is_some();
+    let received: Rc<RefCell<Vec<(Piece, Diff)>>> = Rc::default();
+    let sink = received.clone();
+    let mut input: InputSession<u64, Piece, Diff> = InputSession::new();
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        input
+            .to_collection(scope)
+            .inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_time, updates| {
+                let mut sink = sink.borrow_mut();
+                sink.extend(
+                    updates
+                        .iter()
+                        .map(|(piece, _, diff)| (piece.clone(), *diff)),
+                );
+            })
+            .probe_with(&probe);
+    });
+    for (row, diff) in snapshot {
+        input.update(Piece::Row(row), diff);
+    }
+    for (row, time, diff) in changes.into_iter().flatten() {
+        input.update(Piece::Change(row, time), diff);
+    }
+    input.advance_to(1);
+    input.flush();
+    worker.step_while(|| probe.less_than(&1));
+    let mut whole: HashMap<Row, Diff> = HashMap::new();
+    let mut log = Vec::new();
+    for (piece, diff) in received.take() {
+        match piece {
+            Piece::Row(row) => fold(&mut whole, row, diff),
+            Piece::Change(row, time) => log.push((row, time, diff)),
+        }
+    }
+    (
+        whole.into_iter().collect(),
+        logging.then(|| consolidate_changes(log)),
+    )
 }
 
 fn fold(map: &mut HashMap<Row, Diff>, row: Row, diff: Diff) {
@@ -487,7 +556,7 @@ fn run_worker(
 ) -> WorkerResult {
     let index = worker.index();
     let gather = Rc::new(RefCell::new(Gather {
-        changes: (index == 0 && config.record_changes).then(Vec::new),
+        changes: config.record_changes.then(Vec::new),
         ..Gather::default()
     }));
     let mut input: InputSession<u64, Event, Diff> = InputSession::new();
@@ -506,10 +575,7 @@ fn run_worker(
         };
         let (rows, audited) = build_views(events, &expiry_at, config);
         let sink = gather.clone();
-        rows.inner
-            .exchange(|_| 0)
-            .as_collection()
-            .inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
+        rows.inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
             .probe_with(&probe);
         audited
     });
@@ -566,9 +632,10 @@ fn run_worker(
                 input.flush();
                 gather.borrow_mut().advance(as_of);
                 worker.step_while(|| probe.less_than(input.time()));
+                let taken = std::mem::take(&mut *gather.borrow_mut());
+                let (part, part_changes) = taken.finish(as_of);
+                let (snapshot, changes) = collect_on_first(worker, part, part_changes);
                 if index == 0 {
-                    let taken = std::mem::take(&mut *gather.borrow_mut());
-                    let (snapshot, changes) = taken.finish(as_of);
                     result.snapshot = Some(snapshot);
                     result.changes = changes;
                 }
@@ -623,6 +690,24 @@ fn audit(
         residual_records: residue.live,
         physical_records: residue.physical,
     }
+}
+
+/// The process index of the peer a panic of one of timely's communication threads is about,
+/// given the panicking thread's name and the panic message.
+///
+/// Timely names its network threads `timely:send-I` and `timely:recv-I` (I the remote process)
+/// and panics in them with a message starting `timely communication error` when a peer's
+/// connection closes or fails. The worker threads of this process then panic on their next
+/// step (`MergeQueue poisoned`) or, while they wait for input, never notice at all: a binary
+/// should turn such a panic into an exit naming the peer (the `behave` binary does).
+pub fn lost_peer(thread: &str, message: &str) -> Option<usize> {
+    if !message.starts_with("timely communication error") {
+        return None;
+    }
+    thread
+        .strip_prefix("timely:recv-")
+        .or_else(|| thread.strip_prefix("timely:send-"))
+        .and_then(|index| index.parse().ok())
 }
 
 /// The cluster shape: threads per process, and the processes.
@@ -807,5 +892,20 @@ impl Runner {
             }
         }
         Ok(finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_peer;
+
+    #[test]
+    fn lost_peer_recognises_timely_network_threads_only() {
+        let closed = "timely communication error: reading data: socket closed";
+        assert_eq!(lost_peer("timely:recv-1", closed), Some(1));
+        assert_eq!(lost_peer("timely:send-12", closed), Some(12));
+        assert_eq!(lost_peer("timely:recv-1", "MergeQueue poisoned."), None);
+        assert_eq!(lost_peer("main", closed), None);
+        assert_eq!(lost_peer("timely:recv-x", closed), None);
     }
 }
