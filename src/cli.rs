@@ -18,42 +18,12 @@ pub struct Cli {
 pub enum Command {
     /// Replay a spec's event stream (and forget requests) through its views and write snapshots.
     Replay(ReplayArgs),
-    /// Smoke-test a cluster before deploying: run SPEC on P local processes of T workers (free
-    /// loopback ports) and on one worker, and check every output file is the same.
-    ClusterTest(ClusterTestArgs),
     /// Hold out part of each user's interactions, build the views on the rest, and score the
     /// recommendations (MAP, NDCG, precision, recall at k) beside a popularity baseline.
     Evaluate(EvaluateArgs),
-}
-
-/// Arguments of `behave cluster-test`.
-#[derive(Debug, Args)]
-pub struct ClusterTestArgs {
-    /// The dataflow spec (TOML).
-    pub spec: PathBuf,
-    /// Processes to start (at least 2).
-    #[arg(short = 'n', long, default_value_t = 2)]
-    pub processes: usize,
-    /// Worker threads per process.
-    #[arg(short = 'w', long, default_value_t = 2)]
-    pub workers: usize,
-    /// Event file, overriding the spec's `input.events`.
-    #[arg(long)]
-    pub events: Option<PathBuf>,
-    /// Forget-request file, overriding the spec's `input.forget`.
-    #[arg(long)]
-    pub forget: Option<PathBuf>,
-    /// Keep the outputs, hostfile and process logs in DIR (default: a temporary directory,
-    /// removed afterwards).
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
-    /// Seconds all runs together may take before they are killed.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
-    /// Do not write and compare the change log of every view (`changes.jsonl`); for large
-    /// inputs, whose change log would not fit in memory.
-    #[arg(long)]
-    pub no_changes: bool,
+    /// Smoke-test a cluster before deploying: run SPEC on P local processes of T workers (free
+    /// loopback ports) and on one worker, and check every output file is the same.
+    ClusterTest(ClusterTestArgs),
 }
 
 /// How `behave evaluate` holds out interactions.
@@ -101,6 +71,36 @@ impl EvaluateArgs {
             k: self.k,
         }
     }
+}
+
+/// Arguments of `behave cluster-test`.
+#[derive(Debug, Args)]
+pub struct ClusterTestArgs {
+    /// The dataflow spec (TOML).
+    pub spec: PathBuf,
+    /// Processes to start (at least 2).
+    #[arg(short = 'n', long, default_value_t = 2)]
+    pub processes: usize,
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 2)]
+    pub workers: usize,
+    /// Event file, overriding the spec's `input.events`.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Forget-request file, overriding the spec's `input.forget`.
+    #[arg(long)]
+    pub forget: Option<PathBuf>,
+    /// Keep the outputs, hostfile and process logs in DIR (default: a temporary directory,
+    /// removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Seconds all runs together may take before they are killed.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Do not write and compare the change log of every view (`changes.jsonl`); for large
+    /// inputs, whose change log would not fit in memory.
+    #[arg(long)]
+    pub no_changes: bool,
 }
 
 /// Arguments of `behave replay`.

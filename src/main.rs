@@ -16,8 +16,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
-        Command::ClusterTest(args) => run_cluster_test(args),
         Command::Evaluate(args) => run_evaluate(args),
+        Command::ClusterTest(args) => run_cluster_test(args),
     };
     if let Err(error) = result {
         eprintln!("behave: error: {error:#}");
@@ -75,6 +75,31 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let spec = Spec::load(&args.spec)?;
+    let options = args.options();
+    let started = std::time::Instant::now();
+    let evaluation = behave::evaluate::evaluate(&spec, &options)
+        .with_context(|| format!("evaluating {}", args.spec.display()))?;
+    if args.json {
+        println!("{}", evaluation.json(options.k));
+    } else {
+        println!(
+            "behave evaluate: {} ({:?} split, ratio {}, k {}): {} users, {} training and {} held-out events, {:.1} s",
+            args.spec.display(),
+            options.split,
+            options.ratio,
+            options.k,
+            evaluation.users,
+            evaluation.train_events,
+            evaluation.test_events,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{}", evaluation.text(options.k));
+    }
+    Ok(())
+}
+
 /// `behave cluster-test`: exits 0 when the cluster's output equals the one-worker run's, 1 when
 /// it differs, 2 when the test could not run (a process failed or timed out).
 fn run_cluster_test(args: ClusterTestArgs) -> anyhow::Result<()> {
@@ -100,31 +125,6 @@ fn run_cluster_test(args: ClusterTestArgs) -> anyhow::Result<()> {
     print!("{}", verdict.text(&options));
     if !verdict.identical() {
         std::process::exit(1);
-    }
-    Ok(())
-}
-
-fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    let spec = Spec::load(&args.spec)?;
-    let options = args.options();
-    let started = std::time::Instant::now();
-    let evaluation = behave::evaluate::evaluate(&spec, &options)
-        .with_context(|| format!("evaluating {}", args.spec.display()))?;
-    if args.json {
-        println!("{}", evaluation.json(options.k));
-    } else {
-        println!(
-            "behave evaluate: {} ({:?} split, ratio {}, k {}): {} users, {} training and {} held-out events, {:.1} s",
-            args.spec.display(),
-            options.split,
-            options.ratio,
-            options.k,
-            evaluation.users,
-            evaluation.train_events,
-            evaluation.test_events,
-            started.elapsed().as_secs_f64()
-        );
-        print!("{}", evaluation.text(options.k));
     }
     Ok(())
 }
