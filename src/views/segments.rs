@@ -15,9 +15,9 @@
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::window::{sliding, Expiry};
+use super::window::{sliding_by, Expiry};
 use super::Diff;
-use crate::event::{Event, Sym, UserId};
+use crate::event::{Event, Sym, Time, UserId};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -234,20 +234,20 @@ pub fn rule_members<'s>(
     let matching = events
         .clone()
         .filter(move |event| matches(&predicate, event));
-    let qualified = sliding(matching, rule.within, expiry_at)
-        .map(|event| event.user)
+    let qualified = recent(matching, rule.within, expiry_at)
+        .map(|(_, user, _)| user)
         .count()
         .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((user, ())));
     let members = match rule.without {
         None => qualified,
         Some(without) => {
             // Users with any `without` event in the same sliding window, as a set.
-            let excluded = sliding(
+            let excluded = recent(
                 events.filter(move |event| event.kind == without),
                 rule.within,
                 expiry_at,
             )
-            .map(|event| event.user)
+            .map(|(_, user, _)| user)
             .distinct();
             qualified.antijoin(excluded)
         }
@@ -313,14 +313,14 @@ pub fn percentile_members<'s>(
         Some(kind) => events.filter(move |event| event.kind == kind),
         None => events,
     };
-    let window = sliding(counted, segment.within, expiry_at);
+    let window = recent(counted, segment.within, expiry_at);
     let metrics = match segment.metric {
         Metric::Count => window
-            .map(|event| event.user)
+            .map(|(_, user, _)| user)
             .count()
             .map(|(user, count)| (count as i64, user)),
         Metric::Value => window
-            .map(|event| (event.user, event.value.map_or(0, |v| v.0)))
+            .map(|(_, user, value)| (user, value))
             .reduce_named(
                 "PercentileValue",
                 |_user, values: &[(&i64, Diff)], output: &mut Vec<(i64, Diff)>| {
@@ -397,14 +397,26 @@ pub fn dormant_members<'s>(
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&segment.name);
-    let active = sliding(events.clone(), segment.within, expiry_at)
-        .map(|event| event.user)
+    let active = recent(events.clone(), segment.within, expiry_at)
+        .map(|(_, user, _)| user)
         .distinct();
     let seen = events.map(|event| event.user).distinct();
     // The window's events are a subset of all events at every time, so `active` is a subset of
     // `seen` and the difference of the two sets is `seen` minus `active`. The result is not
     // consolidated: a user may enter and leave at the same time (consolidate to drop those).
     seen.concat(active.negate()).map(move |user| (key, user))
+}
+
+/// `(time, user, value)` of every event in the last `within` seconds ([`sliding_by`]): only what
+/// segments read, so a window holds a few words per event rather than whole events (a value
+/// of 0 when the event has none).
+fn recent<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    within: i64,
+    expiry_at: &Expiry<'s>,
+) -> VecCollection<'s, u64, (Time, UserId, i64), Diff> {
+    let compact = events.map(|e| (e.time, e.user, e.value.map_or(0, |v| v.0)));
+    sliding_by(compact, within, |&(time, _, _)| time, expiry_at)
 }
 
 /// Members of any segment, keyed by [`Segment::key`], with windows expiring as `expiry_at` says.
