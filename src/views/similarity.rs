@@ -239,7 +239,7 @@ where
         .clone()
         .join_core(capped, |_group, a: &M, b: &M| (a != b).then_some((*a, *b)))
         .count();
-    let scored = overlaps
+    overlaps
         .map(|((a, b), overlap)| (a, (b, overlap as u64)))
         .join_core(sizes.clone(), |a, &(b, overlap), &size| {
             Some((b, (*a, overlap, size)))
@@ -254,122 +254,26 @@ where
                     neighbour_size,
                 },
             ))
-        });
-    top_k(scored, k)
-}
-
-/// The level of a candidate: a coarse, monotone image of its exact cosine (about eight levels
-/// per halving of `cosine²`), so that a higher level always means a strictly higher cosine.
-///
-/// ```
-/// use behave::views::similarity::{level, Similar};
-/// let s = |overlap, size, neighbour_size| Similar { neighbour: 0u64, overlap, size, neighbour_size };
-/// assert!(level(&s(2, 3, 3)) > level(&s(1, 3, 3)));
-/// assert_eq!(level(&s(1, 3, 3)), level(&s(2, 6, 6)));
-/// assert_eq!(level(&s(0, 3, 3)), 0);
-/// ```
-pub fn level<N>(s: &Similar<N>) -> u16 {
-    let denominator = u128::from(s.size) * u128::from(s.neighbour_size);
-    if denominator == 0 {
-        return 0;
-    }
-    // x = floor(cosine² · 2³²), at most 2³² since cosine ≤ 1.
-    let x = ((u128::from(s.overlap).pow(2) << 32) / denominator).min(1 << 40) as u64;
-    if x == 0 {
-        return 0;
-    }
-    let e = 63 - x.leading_zeros();
-    let mantissa = if e >= 3 {
-        (x >> (e - 3)) & 7
-    } else {
-        (x << (3 - e)) & 7
-    };
-    (e * 8 + mantissa as u32 + 1) as u16
-}
-
-/// The top `k` of each subject's candidates by [`closer`], maintained so that a change to a
-/// candidate outside the top `k` costs a small count update, not a rescan of every candidate.
-///
-/// Candidates are grouped by [`level`]. Per subject, a histogram of levels gives the threshold
-/// level `L*` where the top `k` ends and how many `r` of its candidates are in it; candidates
-/// above `L*` pass as they are, and only the candidates at `L*` are sorted (their top `r`).
-pub fn top_k<'s, M>(
-    scored: VecCollection<'s, u64, (M, Similar<M>), Diff>,
-    k: usize,
-) -> VecCollection<'s, u64, (M, Similar<M>), Diff>
-where
-    M: ExchangeData + std::hash::Hash + Copy,
-{
-    let k = k as u64;
-    let by_level = scored
-        .clone()
-        .map(|(a, s)| ((a, level(&s)), s))
-        .arrange_by_key_named("CandidatesByLevel");
-    let thresholds = by_level
-        .clone()
-        .as_collection(|key: &(M, u16), _s: &Similar<M>| *key)
-        .count()
-        .map(|((a, level), n)| (a, (level, n as u64)))
+        })
         .reduce_named(
-            "TopKThreshold",
-            move |_a, input: &[(&(u16, u64), Diff)], output: &mut Vec<((u16, u64), Diff)>| {
-                let mut above = 0u64;
-                let mut lowest = None;
-                for ((level, n), r) in input.iter().rev() {
-                    if *r <= 0 {
-                        continue;
-                    }
-                    if above + n >= k {
-                        output.push(((*level, k - above), 1));
-                        return;
-                    }
-                    above += n;
-                    lowest = Some((*level, *n));
-                }
-                // Fewer than k candidates: all of them; the lowest level is taken whole.
-                if let Some(last) = lowest {
-                    output.push((last, 1));
-                }
-            },
-        );
-    let cut = thresholds
-        .clone()
-        .map(|(a, (level, _))| (a, level))
-        .arrange_by_key_named("TopKCut");
-    let above = scored
-        .arrange_by_key_named("CandidatesBySubject")
-        .join_core(cut, |a, s: &Similar<M>, cut: &u16| {
-            (level(s) > *cut).then_some((*a, *s))
-        });
-    let partial = by_level
-        .join_core(
-            thresholds
-                .map(|(a, (level, r))| ((a, level), r))
-                .arrange_by_key_named("TopKRemainder"),
-            |key, s: &Similar<M>, r: &u64| Some((*key, (*s, *r))),
-        )
-        .reduce_named(
-            "TopKAtThreshold",
-            |_key, input: &[(&(Similar<M>, u64), Diff)], output: &mut Vec<(Similar<M>, Diff)>| {
+            "TopK",
+            move |_member, input: &[(&Similar<M>, Diff)], output: &mut Vec<(Similar<M>, Diff)>| {
                 let mut candidates: Vec<Similar<M>> = input
                     .iter()
                     .filter(|(_, r)| *r > 0)
-                    .map(|((s, _), _)| *s)
+                    .map(|(s, _)| **s)
                     .collect();
-                let r = input.first().map_or(0, |((_, r), _)| *r as usize);
-                let r = r.min(candidates.len());
-                if r == 0 {
+                let k = k.min(candidates.len());
+                if k == 0 {
                     return;
                 }
-                if r < candidates.len() {
-                    candidates.select_nth_unstable_by(r - 1, closer);
-                    candidates.truncate(r);
+                if k < candidates.len() {
+                    candidates.select_nth_unstable_by(k - 1, closer);
+                    candidates.truncate(k);
                 }
                 output.extend(candidates.into_iter().map(|s| (s, 1)));
             },
         )
-        .map(|((a, _level), s)| (a, s));
-    above.concat(partial)
 }
 
 /// User-user similarity: the top `params.k` neighbours `(user, Similar { neighbour, .. })` of
