@@ -526,10 +526,6 @@ fn measure_all(options: &Options) -> Result<Report> {
     Ok(report)
 }
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 fn per_event(kib: u64, events: u64) -> f64 {
     kib as f64 * 1024.0 / events.max(1) as f64
 }

@@ -1,7 +1,8 @@
 //! # behave
 //!
 //! Continuously updated user-behaviour analytics on timely and differential dataflow: sessions
-//! and engagement features, maintained incrementally as events and GDPR forget requests
+//! and engagement features, segments, retention, user and item similarity and recommendations,
+//! maintained incrementally as events and GDPR forget requests
 //! arrive, on any number of worker threads and processes. A forgotten user vanishes from every
 //! view, and the result is exactly what it would be had they never existed.
 //!

@@ -468,6 +468,11 @@ pub fn run_child<J: Serialize + std::fmt::Debug, O: DeserializeOwned>(job: &J) -
     serde_json::from_str(line).context("parsing a child's result")
 }
 
+/// KiB in MiB.
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 /// The nearest-rank percentile `p` (0–100) of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

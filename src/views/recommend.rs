@@ -188,7 +188,8 @@ pub enum RankInput {
     Own(Sym),
     /// An item the user dismissed.
     Dismissed(Sym),
-    /// An item of a neighbour, with that neighbour's fixed-point cosine.
+    /// An item of the user's neighbours, with a fixed-point sum of their cosines (several
+    /// `Via` values of one item add up).
     Via(Sym, i64),
     /// The popular item of rank `.0` (from 0), with its number of users (cold users only).
     Popular(u32, Sym, u64),
@@ -332,13 +333,16 @@ pub fn recommendations_from<'s>(
             .distinct(),
         None => events.clone().flat_map(|_| None::<(UserId, Sym)>),
     };
-    // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine.
+    // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine. The
+    // weight travels as the multiplicity, so `count` sums it per (user, item) incrementally, and
+    // the per-user ranking below reads one value per candidate item, not one per neighbour.
     let via = neighbours
         .clone()
         .map(|(user, s)| (s.neighbour, (user, s.fixed())))
-        .join_core(own.clone(), |_v, &(user, w), &item| {
-            Some((user, RankInput::Via(item, w)))
-        });
+        .join_core(own.clone(), |_v, &(user, w), &item| Some(((user, item), w)))
+        .explode(|(candidate, w)| Some((candidate, w as Diff)))
+        .count()
+        .map(|((user, item), score)| (user, RankInput::Via(item, score as i64)));
     // Cold users: any event, and no neighbour (opted-out users have none).
     let users = events.clone().map(|e| (e.user, ())).distinct();
     let with_neighbours = neighbours.map(|(user, _)| user).distinct();
