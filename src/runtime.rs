@@ -341,8 +341,9 @@ pub fn build_views<'s>(
             );
         }
         if let Some(recommend) = &config.recommendations {
-            let arranged = recommendations_from(events.clone(), neighbours, params, recommend)
-                .arrange_by_key_named("Recommendations");
+            let arranged =
+                recommendations_from(events.clone(), neighbours, params, recommend, expiry_at)
+                    .arrange_by_key_named("Recommendations");
             audited.push(Box::new(UserKeyed {
                 name: "recommendations".into(),
                 trace: arranged.trace.clone(),

@@ -11,7 +11,7 @@ use behave::views::similarity::{
     cosine_fixed, item_similarity, similarity, Consent, Interactions, ItemSimilarityParams,
     SimilarityParams, SCORE_SCALE,
 };
-use common::dataflow::{at, inserts, run_view, schedule, Update};
+use common::dataflow::{at, inserts, run_view_ticked, schedule, Update};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -286,12 +286,23 @@ enum Out {
 }
 
 fn dataflow(workers: usize, updates: &[Update], p: &Params) -> Vec<(Out, u64, isize)> {
+    dataflow_ticked(workers, updates, None, p)
+}
+
+/// The dataflow with the popularity window expiring at ticks at every update time and at
+/// `ticks_until`, when given (as the runtime does), else at exact seconds.
+fn dataflow_ticked(
+    workers: usize,
+    updates: &[Update],
+    ticks_until: Option<u64>,
+    p: &Params,
+) -> Vec<(Out, u64, isize)> {
     let p = p.clone();
-    run_view(workers, updates, move |events| {
+    run_view_ticked(workers, updates, ticks_until, move |events, expiry_at| {
         let neighbours = similarity(events.clone(), &p.sim);
         let items = item_similarity(events.clone(), &p.sim, &p.items)
             .map(|(i, s)| Out::Item(i, s.neighbour, s.fixed()));
-        let recs = recommendations_from(events, neighbours.clone(), &p.sim, &p.rec)
+        let recs = recommendations_from(events, neighbours.clone(), &p.sim, &p.rec, &expiry_at)
             .map(|(u, r)| Out::Rec(u, r.rank, r.item, r.score));
         neighbours
             .map(|(u, s)| Out::Sim(u, s.neighbour, s.fixed()))
@@ -365,10 +376,11 @@ proptest! {
         p in arb_params(),
         tick in prop_oneof![Just(1i64), Just(3_600), Just(DAY)],
         workers in prop_oneof![Just(1usize), Just(3)],
+        ticked in any::<bool>(),
     ) {
         let forgets: Vec<(u64, i64)> = forgets.into_iter().map(|(u, t)| (u, START + t)).collect();
         let (updates, as_of, survivors) = schedule(&events, &forgets, tick, START);
-        let out = dataflow(workers, &updates, &p);
+        let out = dataflow_ticked(workers, &updates, ticked.then_some(as_of as u64), &p);
         prop_assert_eq!(observed(&out, as_of), oracle(&p, &survivors, as_of));
     }
 

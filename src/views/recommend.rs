@@ -286,14 +286,16 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
 }
 
 /// Item popularity `(item, users)`: distinct users with an interaction on the item within the
-/// last `within` seconds (all time when `None`), opted-out users included.
+/// last `within` seconds (all time when `None`; the window expires as `expiry_at` says),
+/// opted-out users included.
 pub fn popularity<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     rule: &Interactions,
     within: Option<i64>,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, u64), Diff> {
     let recent = match within {
-        Some(d) => sliding(events, d, &Expiry::Exact),
+        Some(d) => sliding(events, d, expiry_at),
         None => events,
     };
     interactions(recent, rule)
@@ -310,16 +312,18 @@ pub fn recommendations<'s>(
     params: &RecommendParams,
 ) -> VecCollection<'s, u64, (UserId, Recommendation), Diff> {
     let neighbours = similarity(events.clone(), similar);
-    recommendations_from(events, neighbours, similar, params)
+    recommendations_from(events, neighbours, similar, params, &Expiry::Exact)
 }
 
 /// [`recommendations`] over a similarity collection computed elsewhere (to share it with the
-/// similarity view). `neighbours` must be `similarity(events, similar)`.
+/// similarity view), its popularity window expiring as `expiry_at` says. `neighbours` must be
+/// `similarity(events, similar)`.
 pub fn recommendations_from<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     neighbours: VecCollection<'s, u64, (UserId, Similar<UserId>), Diff>,
     similar: &SimilarityParams,
     params: &RecommendParams,
+    expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (UserId, Recommendation), Diff> {
     let own = interactions(events.clone(), &similar.interactions).arrange_by_key_named("OwnItems");
     let dismissed = match params.dismiss {
@@ -360,27 +364,32 @@ pub fn recommendations_from<'s>(
             let budget = u32::try_from(n.saturating_add(c as u64)).unwrap_or(u32::MAX);
             (0..budget).map(move |rank| (rank, user))
         });
-    let ranked = popularity(events, &similar.interactions, params.popular_within)
-        .map(|(item, users)| ((), (item, users)))
-        .reduce_named(
-            "PopularRanks",
-            |_, input: &[(&(Sym, u64), Diff)], output: &mut Vec<((u32, Sym, u64), Diff)>| {
-                let mut items: Vec<(Sym, u64)> = input
-                    .iter()
-                    .filter(|(_, r)| *r > 0)
-                    .map(|(v, _)| **v)
-                    .collect();
-                items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                output.extend(
-                    items
-                        .into_iter()
-                        .enumerate()
-                        .map(|(rank, (item, users))| ((rank as u32, item, users), 1)),
-                );
-            },
-        )
-        .map(|((), (rank, item, users))| (rank, (item, users)))
-        .arrange_by_key_named("PopularByRank");
+    let ranked = popularity(
+        events,
+        &similar.interactions,
+        params.popular_within,
+        expiry_at,
+    )
+    .map(|(item, users)| ((), (item, users)))
+    .reduce_named(
+        "PopularRanks",
+        |_, input: &[(&(Sym, u64), Diff)], output: &mut Vec<((u32, Sym, u64), Diff)>| {
+            let mut items: Vec<(Sym, u64)> = input
+                .iter()
+                .filter(|(_, r)| *r > 0)
+                .map(|(v, _)| **v)
+                .collect();
+            items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            output.extend(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(rank, (item, users))| ((rank as u32, item, users), 1)),
+            );
+        },
+    )
+    .map(|((), (rank, item, users))| (rank, (item, users)))
+    .arrange_by_key_named("PopularByRank");
     let popular = ranks.join_core(ranked, |&rank, &user, &(item, users)| {
         Some((user, RankInput::Popular(rank, item, users)))
     });
