@@ -28,13 +28,11 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
-use support::{mib, percentile, Discrete, Meter, Rng, Usage};
+use support::{mib, percentile, run_child, Discrete, Meter, Rng, Usage, RESULT_PREFIX};
 
 mod support;
 
-const RESULT_PREFIX: &str = "BENCH-RESULT ";
 const MOVIELENS_SPEC: &str = "dataflows/movielens.toml";
 const SEED: u64 = 0x5eed_0000_0000_0003;
 const FORGET_SEED: u64 = 0xf0f6_0000_0000_0004;
@@ -162,26 +160,6 @@ fn main() -> Result<()> {
     }
     print_table(&outcomes);
     Ok(())
-}
-
-fn run_child(job: &Job) -> Result<Outcome> {
-    let exe = std::env::current_exe().context("locating the benchmark binary")?;
-    let output = Command::new(exe)
-        .arg("--child")
-        .arg(serde_json::to_string(job)?)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting a benchmark child process")?;
-    if !output.status.success() {
-        bail!("child {job:?} failed with {}", output.status);
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(RESULT_PREFIX))
-        .with_context(|| format!("child {job:?} printed no result"))?;
-    serde_json::from_str(line).context("parsing a child's result")
 }
 
 impl Job {
