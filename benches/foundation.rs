@@ -24,8 +24,7 @@ mod support;
 
 use anyhow::{bail, Context, Result};
 use behave::ingest::{ingest, IngestOptions, Routing};
-use behave::replay::{replay, ReplayOptions};
-use behave::runtime::{Cluster, ViewConfig};
+use behave::runtime::ViewConfig;
 use behave::spec::{Spec, DEFAULT_TICK};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -390,18 +389,7 @@ fn run_replay(data: &Path, workers: usize, tick: i64, views: Views) -> Result<Re
     let spec = bench_spec(data, tick, views)?;
     let meter = Meter::start();
     let start = Instant::now();
-    let outcome = replay(ReplayOptions {
-        spec,
-        events: None,
-        forget: None,
-        out: None,
-        changes: None,
-        reveal_ids: false,
-        as_of: None,
-        cluster: Cluster::local(workers),
-        progress: false,
-        started: None,
-    })?;
+    let outcome = replay_in_memory(spec, workers)?;
     let wall_s = start.elapsed().as_secs_f64();
     let summary = &outcome.summary;
     Ok(ReplayResult {

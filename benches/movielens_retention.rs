@@ -22,6 +22,9 @@ use clap::Parser;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
+use support::{percentile, Rng};
+
+mod support;
 
 /// Where `scripts/fetch-movielens` unpacks the ratings.
 const RATINGS: &str = "data/ml-100k/ml-100k.inter";
@@ -87,10 +90,10 @@ fn main() -> Result<()> {
     let users: Vec<UserId> = by_user.keys().copied().collect();
     let mut forget_ms = Vec::new();
     let mut forgotten = Vec::new();
-    let mut rng = SEED;
+    let mut rng = Rng(SEED);
     for _ in 0..options.forgets.min(users.len()) {
         let user = loop {
-            let candidate = users[(next(&mut rng) % users.len() as u64) as usize];
+            let candidate = users[(rng.next_u64() % users.len() as u64) as usize];
             if !forgotten.contains(&candidate) {
                 break candidate;
             }
@@ -175,25 +178,7 @@ fn epoch(time: u64, peers: usize, updates: impl Iterator<Item = (Event, isize)>)
     Epoch { time, shards }
 }
 
-/// SplitMix64.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values.sort_by(f64::total_cmp);
     values
-}
-
-/// The nearest-rank percentile `p` (0–100) of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
-use support::{mib, percentile, run_child, Discrete, Meter, Rng, Usage, RESULT_PREFIX};
+use support::{
+    mib, percentile, run_child, send_in_epochs, Discrete, Meter, Rng, Usage, RESULT_PREFIX,
+};
 
 mod support;
 
@@ -290,29 +292,6 @@ fn load_at_once(runner: &Runner, events: &[Event], routing: &Routing) -> Result<
     Ok(time)
 }
 
-/// Sends `events` (sorted by time) in one epoch per tick, the last with `sync`; returns the last
-/// epoch's time.
-fn load(runner: &Runner, events: &[Event], routing: &Routing, after: u64) -> Result<u64> {
-    let mut epoch: Option<Epoch> = None;
-    for event in events {
-        let time = routing.epoch(event.time).max(after);
-        if epoch.as_ref().is_some_and(|e| e.time != time) {
-            if let Some(done) = epoch.take() {
-                runner.send(done)?;
-            }
-        }
-        let current = epoch.get_or_insert_with(|| Epoch {
-            time,
-            shards: vec![Vec::new(); routing.shards],
-        });
-        current.shards[routing.shard(event.user)].push((event.clone(), 1));
-    }
-    let last = epoch.context("no events to load")?;
-    let time = last.time;
-    runner.sync(last)?;
-    Ok(time)
-}
-
 fn measure(
     name: &str,
     mut events: Vec<Event>,
@@ -331,7 +310,12 @@ fn measure(
     let loaded_at = load_at_once(&runner, &events[..split], &routing)?;
     let build_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let streamed_at = load(&runner, &events[split..], &routing, loaded_at + 1)?;
+    let streamed_at = send_in_epochs(
+        &runner,
+        events[split..].iter().cloned(),
+        &routing,
+        loaded_at + 1,
+    )?;
     let stream_s = start.elapsed().as_secs_f64();
     // Forget random users with at least one interaction.
     let mut by_user: BTreeMap<UserId, Vec<Event>> = BTreeMap::new();

@@ -19,8 +19,7 @@
 mod support;
 
 use anyhow::{bail, Context, Result};
-use behave::replay::{replay, ReplayOptions};
-use behave::runtime::{Cluster, ViewConfig};
+use behave::runtime::ViewConfig;
 use behave::spec::Spec;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -312,18 +311,7 @@ fn run_replay(spec: &Spec, workers: usize) -> Result<ReplayResult> {
     let tick = spec.tick.0;
     let meter = Meter::start();
     let start = Instant::now();
-    let outcome = replay(ReplayOptions {
-        spec: spec.clone(),
-        events: None,
-        forget: None,
-        out: None,
-        changes: None,
-        reveal_ids: false,
-        as_of: None,
-        cluster: Cluster::local(workers),
-        progress: false,
-        started: None,
-    })?;
+    let outcome = replay_in_memory(spec.clone(), workers)?;
     let wall_s = start.elapsed().as_secs_f64();
     Ok(ReplayResult {
         workers,

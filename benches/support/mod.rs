@@ -6,7 +6,9 @@
 use anyhow::{bail, Context, Result};
 use behave::event::{Event, Sym, UserId};
 use behave::ingest::{Epoch, Routing};
+use behave::replay::{replay, ReplayOptions, ReplayOutcome};
 use behave::runtime::{Cluster, Runner, ViewConfig};
+use behave::spec::Spec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -364,9 +366,27 @@ pub fn load(
     symbols: &Symbols,
     keep: &mut HashMap<u32, Vec<Event>>,
 ) -> Result<u64> {
+    let events = rows.iter().map(|row| {
+        let event = symbols.event(row);
+        if let Some(kept) = keep.get_mut(&row.user) {
+            kept.push(event.clone());
+        }
+        event
+    });
+    send_in_epochs(runner, events, routing, 0)
+}
+
+/// Sends `events` (sorted by time) in one epoch per tick, none before `after`, the last with
+/// `sync`; returns the last epoch's time.
+pub fn send_in_epochs(
+    runner: &Runner,
+    events: impl IntoIterator<Item = Event>,
+    routing: &Routing,
+    after: u64,
+) -> Result<u64> {
     let mut epoch: Option<Epoch> = None;
-    for row in rows {
-        let time = routing.epoch(row.time);
+    for event in events {
+        let time = routing.epoch(event.time).max(after);
         if epoch.as_ref().is_some_and(|e| e.time != time) {
             if let Some(done) = epoch.take() {
                 runner.send(done)?;
@@ -376,16 +396,28 @@ pub fn load(
             time,
             shards: vec![Vec::new(); routing.shards],
         });
-        let event = symbols.event(row);
-        if let Some(kept) = keep.get_mut(&row.user) {
-            kept.push(event.clone());
-        }
         current.shards[routing.shard(event.user)].push((event, 1));
     }
     let last = epoch.context("no events to load")?;
     let time = last.time;
     runner.sync(last)?;
     Ok(time)
+}
+
+/// A whole replay of `spec` in memory (no output files, no progress line) on `workers` workers.
+pub fn replay_in_memory(spec: Spec, workers: usize) -> Result<ReplayOutcome> {
+    Ok(replay(ReplayOptions {
+        spec,
+        events: None,
+        forget: None,
+        out: None,
+        changes: None,
+        reveal_ids: false,
+        as_of: None,
+        cluster: Cluster::local(workers),
+        progress: false,
+        started: None,
+    })?)
 }
 
 /// The epoch at `time` retracting every one of `events` (all of one user).
