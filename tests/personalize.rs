@@ -219,19 +219,22 @@ fn personalization_spec_mistakes_are_named() {
 
 #[test]
 fn evaluate_prints_metrics_of_both_models_as_json() {
-    let result = common::behave_command(&[
-        "evaluate",
-        "dataflows/films.toml",
-        "--split",
-        "random",
-        "--ratio",
-        "0.5",
-        "--seed",
-        "3",
-        "--json",
-    ])
-    .output()
-    .unwrap();
+    let evaluate = || {
+        common::behave_command(&[
+            "evaluate",
+            "dataflows/films.toml",
+            "--split",
+            "random",
+            "--ratio",
+            "0.5",
+            "--seed",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap()
+    };
+    let result = evaluate();
     assert!(
         result.status.success(),
         "{}",
@@ -245,19 +248,7 @@ fn evaluate_prints_metrics_of_both_models_as_json() {
         }
     }
     // Deterministic for a seed.
-    let again = common::behave_command(&[
-        "evaluate",
-        "dataflows/films.toml",
-        "--split",
-        "random",
-        "--ratio",
-        "0.5",
-        "--seed",
-        "3",
-        "--json",
-    ])
-    .output()
-    .unwrap();
+    let again = evaluate();
     assert_eq!(result.stdout, again.stdout);
     let bad = common::behave_command(&["evaluate", "dataflows/learning.toml"])
         .output()
