@@ -8,6 +8,7 @@
 //! [`Event`]: crate::event::Event
 
 pub mod engagement;
+pub mod fold;
 pub mod recommend;
 pub mod retention;
 pub mod segments;

@@ -7,15 +7,15 @@
 //! which `k = 0` holds the cohort size and only non-zero counts are present. A snapshot turns it
 //! into the reported table, zeros included, up to the as-of period, with [`retention_table`].
 
+use super::fold::fold_by_key;
 use super::Diff;
-use crate::event::{Event, Sym, Time, UserId};
+use crate::event::{Event, Sym, Time};
 use crate::time::DAY;
 use chrono::{Datelike, NaiveDate};
-use differential_dataflow::lattice::Lattice;
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use timely::progress::Timestamp;
 
 /// A period index (days, ISO weeks or months since the epoch; see [`Period::index`]).
 pub type PeriodIndex = i64;
@@ -163,7 +163,7 @@ impl RetentionSpec {
 fn user_offsets(
     values: impl Iterator<Item = (bool, PeriodIndex)>,
     unbounded: bool,
-    output: &mut Vec<((PeriodIndex, i64), Diff)>,
+    output: &mut Vec<(PeriodIndex, i64)>,
 ) {
     let mut cohort = None;
     let mut last = 0i64;
@@ -177,11 +177,11 @@ fn user_offsets(
         if unbounded {
             last = last.max(period - c);
         } else if period > c {
-            output.push(((c, period - c), 1));
+            output.push((c, period - c));
         }
     }
     if let Some(c) = cohort {
-        output.push(((c, if unbounded { last } else { 0 }), 1));
+        output.push((c, if unbounded { last } else { 0 }));
     }
 }
 
@@ -189,12 +189,13 @@ fn user_offsets(
 /// offset `k >= 0` with `retained > 0`, where `k = 0` carries the cohort size.
 ///
 /// Cohorts and periods are [`Period::index`] values (label them with [`Period::label`]). Absent
-/// pairs are zero; [`retention_table`] fills them in at snapshot time. Nothing here depends on
-/// logical time, so the view works under any timestamp; with event time as logical time, no
-/// period after the as-of period ever appears.
+/// pairs are zero; [`retention_table`] fills them in at snapshot time. Periods come from event
+/// times, not logical times; with event time as logical time (the `u64` seconds of behave
+/// dataflows), no period after the as-of period ever appears.
 ///
-/// Each user's update costs work proportional to the number of distinct periods they are active
-/// in; with `unbounded`, each change to a cohort costs work proportional to its largest offset.
+/// Each user's periods are kept as a small summary ([`fold_by_key`]), so a user's update costs
+/// work proportional to the number of distinct periods they are active in; with `unbounded`,
+/// each change to a cohort costs work proportional to its largest offset.
 ///
 /// ```
 /// use behave::event::{Event, UserId};
@@ -227,13 +228,10 @@ fn user_offsets(
 ///     retention(events, &spec).assert_eq(expected);
 /// });
 /// ```
-pub fn retention<'s, T>(
-    events: VecCollection<'s, T, Event, Diff>,
+pub fn retention<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
     spec: &RetentionSpec,
-) -> VecCollection<'s, T, ((PeriodIndex, i64), u64), Diff>
-where
-    T: Timestamp + Lattice,
-{
+) -> VecCollection<'s, u64, ((PeriodIndex, i64), u64), Diff> {
     let RetentionSpec {
         period,
         utc_offset,
@@ -241,31 +239,38 @@ where
         return_event,
         unbounded,
     } = spec.clone();
-    let per_user = events
-        .flat_map(move |event: Event| {
-            let p = period.index(event.time, utc_offset);
-            let starts = start_event.is_none_or(|kind| kind == event.kind);
-            let returns = return_event.is_none_or(|kind| kind == event.kind);
-            let start = starts.then_some((event.user, (false, p)));
-            let ret = returns.then_some((event.user, (true, p)));
-            start.into_iter().chain(ret)
-        })
-        .reduce_named(
-            "RetentionUser",
-            move |_user: &UserId,
-                  input: &[(&(bool, PeriodIndex), Diff)],
-                  output: &mut Vec<((PeriodIndex, i64), Diff)>| {
-                let values = input
-                    .iter()
-                    .filter(|(_, count)| *count > 0)
-                    .map(|(value, _)| **value);
-                user_offsets(values, unbounded, output);
-            },
-        )
-        .map(|(_user, cohort_offset)| cohort_offset);
+    let per_user = events.flat_map(move |event: Event| {
+        let p = period.index(event.time, utc_offset);
+        let starts = start_event.is_none_or(|kind| kind == event.kind);
+        let returns = return_event.is_none_or(|kind| kind == event.kind);
+        let start = starts.then_some((event.user, (false, p)));
+        let ret = returns.then_some((event.user, (true, p)));
+        start.into_iter().chain(ret)
+    });
+    // Each user's multiplicity per (is_return, period); the user's cohort and offsets follow
+    // from the periods present.
+    let per_user = fold_by_key(
+        per_user,
+        "RetentionUser",
+        |periods: &mut BTreeMap<(bool, PeriodIndex), Diff>, value, diff| {
+            let count = periods.entry(*value).or_insert(0);
+            *count += diff;
+            if *count == 0 {
+                periods.remove(value);
+            }
+        },
+        move |_user, periods, rows: &mut Vec<(PeriodIndex, i64)>| {
+            let present = periods
+                .iter()
+                .filter(|(_, count)| **count > 0)
+                .map(|(value, _)| *value);
+            user_offsets(present, unbounded, rows);
+        },
+    );
+
     if !unbounded {
         return per_user
-            .count()
+            .count_total()
             .map(|(cohort_offset, n)| (cohort_offset, n as u64));
     }
     // Unbounded: each user counts for every k up to their largest offset; per cohort, the

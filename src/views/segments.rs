@@ -13,11 +13,17 @@
 //! [`Expiry`](super::window::Expiry)), so a user can leave a rule segment, or enter the dormant
 //! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
+//! Each kind keeps a few counters per user ([`fold_by_key`](super::fold::fold_by_key)): events
+//! in the window, events ever seen, so an event costs a counter update rather than a pass
+//! through an arrangement.
+//!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::window::{sliding_by, Expiry};
+use super::fold::fold_by_key;
+use super::window::{sliding_project, Expiry};
 use super::Diff;
-use crate::event::{Event, Sym, Time, UserId};
+use crate::event::{Event, Sym, UserId};
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -229,30 +235,30 @@ pub fn rule_members<'s>(
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&rule.name);
-    let at_least = rule.at_least.max(1);
+    let at_least = rule.at_least.max(1) as i64;
     let predicate = rule.clone();
-    let matching = events
-        .clone()
-        .filter(move |event| matches(&predicate, event));
-    let qualified = recent(matching, rule.within, expiry_at)
-        .map(|(_, user, _)| user)
-        .count()
-        .flat_map(move |(user, count)| (count as u64 >= at_least).then_some((user, ())));
-    let members = match rule.without {
-        None => qualified,
-        Some(without) => {
-            // Users with any `without` event in the same sliding window, as a set.
-            let excluded = recent(
-                events.filter(move |event| event.kind == without),
-                rule.within,
-                expiry_at,
-            )
-            .map(|(_, user, _)| user)
-            .distinct();
-            qualified.antijoin(excluded)
-        }
-    };
-    members.map(move |(user, ())| (key, user))
+    // Each event in the window as (matching, excluding): whether it counts, and whether it is of
+    // the `without` type.
+    let without = rule.without;
+    let relevant =
+        events.filter(move |event| matches(&predicate, event) || without == Some(event.kind));
+    let predicate = rule.clone();
+    let window = recent(relevant, rule.within, expiry_at, move |event| {
+        (matches(&predicate, event), without == Some(event.kind))
+    });
+    fold_by_key(
+        window,
+        "RuleSegment",
+        |(matching, excluded): &mut (i64, i64), &(counts, excludes): &(bool, bool), diff| {
+            *matching += i64::from(counts) * diff as i64;
+            *excluded += i64::from(excludes) * diff as i64;
+        },
+        move |user, &(matching, excluded), rows| {
+            if matching >= at_least && excluded == 0 {
+                rows.push((key, *user));
+            }
+        },
+    )
 }
 
 /// The nearest-rank `percentile`-th percentile of a histogram: `histogram` holds
@@ -299,6 +305,7 @@ pub fn percentile_threshold<M: Copy>(
 /// within the window whose [`Metric`] there is at or above the nearest-rank percentile of all
 /// such users' metrics ([`percentile_threshold`]).
 ///
+/// Each user's metric is a running count and sum over their windowed events ([`fold_by_key`]).
 /// The threshold is computed by one reduction over the histogram `metric -> number of users`
 /// (so each change costs time proportional to the number of distinct metrics, not users), which
 /// yields the qualifying metrics; users are joined back to them by metric.
@@ -313,23 +320,28 @@ pub fn percentile_members<'s>(
         Some(kind) => events.filter(move |event| event.kind == kind),
         None => events,
     };
-    let window = recent(counted, segment.within, expiry_at);
-    let metrics = match segment.metric {
-        Metric::Count => window
-            .map(|(_, user, _)| user)
-            .count()
-            .map(|(user, count)| (count as i64, user)),
-        Metric::Value => window
-            .map(|(_, user, value)| (user, value))
-            .reduce_named(
-                "PercentileValue",
-                |_user, values: &[(&i64, Diff)], output: &mut Vec<(i64, Diff)>| {
-                    let sum = values.iter().map(|(v, n)| **v * *n as i64).sum();
-                    output.push((sum, 1));
-                },
-            )
-            .map(|(user, sum)| (sum, user)),
-    };
+    let window = recent(counted, segment.within, expiry_at, |event| {
+        event.value.map_or(0, |v| v.0)
+    });
+    let metric = segment.metric;
+    // Each user's (events, sum of values) in the window; users with no counted event have none.
+    let metrics = fold_by_key(
+        window,
+        "PercentileMetric",
+        |(events, sum): &mut (i64, i64), value: &i64, diff| {
+            *events += diff as i64;
+            *sum += *value * diff as i64;
+        },
+        move |user, &(events, sum), rows| {
+            if events > 0 {
+                let value = match metric {
+                    Metric::Count => events,
+                    Metric::Value => sum,
+                };
+                rows.push((value, *user));
+            }
+        },
+    );
     // The diff of `(key, metric)` is the number of users with that metric: the histogram.
     let qualifying = metrics
         .clone()
@@ -397,26 +409,42 @@ pub fn dormant_members<'s>(
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
     let key = Sym::of(&segment.name);
-    let active = recent(events.clone(), segment.within, expiry_at)
-        .map(|(_, user, _)| user)
-        .distinct();
-    let seen = events.map(|event| event.user).distinct();
-    // The window's events are a subset of all events at every time, so `active` is a subset of
-    // `seen` and the difference of the two sets is `seen` minus `active`. The result is not
-    // consolidated: a user may enter and leave at the same time (consolidate to drop those).
-    seen.concat(active.negate()).map(move |user| (key, user))
+    // Every event once as seen (`false`), and again while in the window (`true`).
+    let active = recent(events.clone(), segment.within, expiry_at, |_| true);
+    let seen = events.map(|event| (event.user, false));
+    fold_by_key(
+        seen.concat(active),
+        "DormantSegment",
+        |(seen, active): &mut (i64, i64), &recent: &bool, diff| {
+            let counter = if recent { active } else { seen };
+            *counter += diff as i64;
+        },
+        move |user, &(seen, active), rows| {
+            if seen > 0 && active == 0 {
+                rows.push((key, *user));
+            }
+        },
+    )
 }
 
-/// `(time, user, value)` of every event in the last `within` seconds ([`sliding_by`]): only what
-/// segments read, so a window holds a few words per event rather than whole events (a value
-/// of 0 when the event has none).
-fn recent<'s>(
+/// `(user, tag(event))` for every event in the last `within` seconds ([`sliding_project`]):
+/// only what a segment reads, so a window holds a few words per event rather than whole events,
+/// and a user's events that enter or leave at one time travel as one update.
+fn recent<'s, X>(
     events: VecCollection<'s, u64, Event, Diff>,
     within: i64,
     expiry_at: &Expiry<'s>,
-) -> VecCollection<'s, u64, (Time, UserId, i64), Diff> {
-    let compact = events.map(|e| (e.time, e.user, e.value.map_or(0, |v| v.0)));
-    sliding_by(compact, within, |&(time, _, _)| time, expiry_at)
+    tag: impl Fn(&Event) -> X + 'static,
+) -> VecCollection<'s, u64, (UserId, X), Diff>
+where
+    X: Ord + Clone + 'static,
+{
+    sliding_project(
+        events,
+        within,
+        move |event| (event.time, (event.user, tag(&event))),
+        expiry_at,
+    )
 }
 
 /// Members of any segment, keyed by [`Segment::key`], with windows expiring as `expiry_at` says.
@@ -451,11 +479,13 @@ pub fn segment_sizes<'s, T>(
     members: VecCollection<'s, T, (Sym, UserId), Diff>,
 ) -> VecCollection<'s, T, (Sym, u64), Diff>
 where
-    T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice,
+    T: timely::progress::Timestamp
+        + timely::order::TotalOrder
+        + differential_dataflow::lattice::Lattice,
 {
     members
         .map(|(segment, _user)| segment)
-        .count()
+        .count_total()
         .map(|(segment, size)| (segment, size as u64))
 }
 

@@ -12,6 +12,7 @@
 
 use super::Diff;
 use crate::event::{Event, Time};
+use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, VecCollection};
 use std::collections::btree_map::{BTreeMap, Entry};
 use timely::dataflow::channels::pact::Pipeline;
@@ -87,47 +88,97 @@ where
     D: Ord + Clone + 'static,
     F: Fn(&D) -> Time + 'static,
 {
+    sliding_project(collection, d, move |x| (time_of(&x), x), expiry_at)
+}
+
+/// [`sliding_by`] for the part of each record a view needs: `project(x)` gives the record's event
+/// time and what enters the window, e.g. a user id, so that records of one user that enter or
+/// leave at the same logical time are passed on as one update.
+///
+/// ```
+/// use behave::views::window::{sliding_project, Expiry};
+/// use differential_dataflow::input::InputSession;
+/// use std::sync::{Arc, Mutex};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let out = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input: InputSession<u64, (&'static str, i64), isize> = InputSession::new();
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let out = out.clone();
+///         let users = sliding_project(
+///             input.to_collection(scope),
+///             10,
+///             |(user, time): (&str, i64)| (time, user),
+///             &Expiry::Exact,
+///         );
+///         users.consolidate().inspect(move |u| out.lock().unwrap().push(u.clone()));
+///     });
+///     input.advance_to(5);
+///     input.insert(("a", 5));
+///     input.insert(("a", 3));
+///     input.close();
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort_by_key(|(_, t, _)| *t);
+/// assert_eq!(seen, vec![("a", 5, 2), ("a", 13, -1), ("a", 15, -1)]);
+/// ```
+pub fn sliding_project<'s, D, D2, F>(
+    collection: VecCollection<'s, u64, D, Diff>,
+    d: i64,
+    project: F,
+    expiry_at: &Expiry<'s>,
+) -> VecCollection<'s, u64, D2, Diff>
+where
+    D: Clone + 'static,
+    D2: Ord + Clone + 'static,
+    F: Fn(D) -> (Time, D2) + 'static,
+{
     match expiry_at {
         // Every emitted time is at least the update's own time, which is at least the time of
         // the capability it travels under, so the collection's timestamp invariant holds.
         Expiry::Exact => collection
             .inner
             .flat_map(move |(data, time, diff)| {
-                let leaves = expiry(time, time_of(&data), d);
+                let (event_time, data) = project(data);
+                let leaves = expiry(time, event_time, d);
                 let copy = data.clone();
                 [(data, time, diff), (copy, leaves, -diff)]
             })
             .as_collection(),
-        Expiry::Ticks(ticks) => sliding_at_ticks(collection, d, time_of, ticks.clone()),
+        Expiry::Ticks(ticks) => sliding_at_ticks(collection, d, project, ticks.clone()),
     }
 }
 
-/// [`sliding_by`] with retractions at ticks: each record is passed on at once, and its
-/// retraction waits, consolidated with others of the same record and expiry (so a forgotten
-/// user's pending retractions cancel and leave), until the first tick at or after its expiry
-/// whose time the input has passed.
-fn sliding_at_ticks<'s, D, F>(
+/// [`sliding_project`] with retractions at ticks: each record is passed on at once (records of
+/// one input batch consolidated), and its retraction waits, consolidated with others of the same
+/// record and expiry (so a forgotten user's pending retractions cancel and leave), until the
+/// first tick at or after its expiry whose time the input has passed; the retractions due at a
+/// tick leave consolidated too.
+fn sliding_at_ticks<'s, D, D2, F>(
     collection: VecCollection<'s, u64, D, Diff>,
     d: i64,
-    time_of: F,
+    project: F,
     ticks: StreamVec<'s, u64, ()>,
-) -> VecCollection<'s, u64, D, Diff>
+) -> VecCollection<'s, u64, D2, Diff>
 where
-    D: Ord + Clone + 'static,
-    F: Fn(&D) -> Time + 'static,
+    D: Clone + 'static,
+    D2: Ord + Clone + 'static,
+    F: Fn(D) -> (Time, D2) + 'static,
 {
     collection
         .inner
         .binary_frontier(ticks, Pipeline, Pipeline, "SlidingWindow", move |_, _| {
             // Retractions owed, by (expiry, record).
-            let mut pending: BTreeMap<(u64, D), Diff> = BTreeMap::new();
+            let mut pending: BTreeMap<(u64, D2), Diff> = BTreeMap::new();
             // Ticks not yet acted on, with the capability to emit at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+            let mut passed: Vec<((D2, u64), Diff)> = Vec::new();
             move |(data, data_frontier), (ticks, ticks_frontier), output| {
                 data.for_each(|cap, batch| {
-                    let mut session = output.session(&cap);
                     for (record, time, diff) in batch.drain(..) {
-                        let leaves = expiry(time, time_of(&record), d);
+                        let (event_time, record) = project(record);
+                        let leaves = expiry(time, event_time, d);
                         if leaves <= time {
                             continue; // In and out at the same time: never in the window.
                         }
@@ -142,6 +193,11 @@ where
                                 }
                             }
                         }
+                        passed.push(((record, time), diff));
+                    }
+                    consolidate(&mut passed);
+                    let mut session = output.session(&cap);
+                    for ((record, time), diff) in passed.drain(..) {
                         session.give((record, time, diff));
                     }
                 });
@@ -159,13 +215,17 @@ where
                         break;
                     }
                     let cap = entry.remove();
-                    let mut session = output.session(&cap);
                     while let Some(owed) = pending.first_entry() {
                         if owed.key().0 > tick {
                             break;
                         }
                         let ((_, record), diff) = owed.remove_entry();
-                        session.give((record, tick, diff));
+                        passed.push(((record, tick), diff));
+                    }
+                    consolidate(&mut passed);
+                    let mut session = output.session(&cap);
+                    for ((record, time), diff) in passed.drain(..) {
+                        session.give((record, time, diff));
                     }
                 }
             }
