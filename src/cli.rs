@@ -115,7 +115,7 @@ pub struct ReplayArgs {
     /// Forget-request file (`user,time` CSV), overriding the spec's `input.forget`.
     #[arg(long)]
     pub forget: Option<PathBuf>,
-    /// Output directory [default: out/<spec name>].
+    /// Output directory (default: `out/<spec name>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write every change of every view to FILE as JSON lines

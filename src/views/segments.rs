@@ -10,10 +10,10 @@
 //!
 //! Membership changes when time passes, not only when events arrive: an event leaving the window
 //! is retracted at `time + within` (or at the next tick after it, see
-//! [`Expiry`](super::window::Expiry)), so a user can leave a rule segment, or enter the dormant
+//! [`Expiry`]), so a user can leave a rule segment, or enter the dormant
 //! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
-//! Each kind keeps a few counters per user ([`fold_by_key`](super::fold::fold_by_key)): events
+//! Each kind keeps a few counters per user ([`fold_by_key`]): events
 //! in the window, events ever seen, so an event costs a counter update rather than a pass
 //! through an arrangement.
 //!
