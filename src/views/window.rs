@@ -15,6 +15,7 @@ use crate::event::{Event, Time};
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, VecCollection};
 use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::BTreeSet;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
@@ -169,8 +170,7 @@ where
     collection
         .inner
         .binary_frontier(ticks, Pipeline, Pipeline, "SlidingWindow", move |_, _| {
-            // Retractions owed, by (expiry, record).
-            let mut pending: BTreeMap<(u64, D2), Diff> = BTreeMap::new();
+            let mut owed: Owed<D2> = Owed::default();
             // Ticks not yet acted on, with the capability to emit at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             let mut passed: Vec<((D2, u64), Diff)> = Vec::new();
@@ -182,19 +182,10 @@ where
                         if leaves <= time {
                             continue; // In and out at the same time: never in the window.
                         }
-                        match pending.entry((leaves, record.clone())) {
-                            Entry::Vacant(owed) => {
-                                owed.insert(-diff);
-                            }
-                            Entry::Occupied(mut owed) => {
-                                *owed.get_mut() -= diff;
-                                if *owed.get() == 0 {
-                                    owed.remove();
-                                }
-                            }
-                        }
+                        owed.owe(leaves, record.clone(), -diff);
                         passed.push(((record, time), diff));
                     }
+                    owed.settle();
                     consolidate(&mut passed);
                     let mut session = output.session(&cap);
                     for ((record, time), diff) in passed.drain(..) {
@@ -215,13 +206,7 @@ where
                         break;
                     }
                     let cap = entry.remove();
-                    while let Some(owed) = pending.first_entry() {
-                        if owed.key().0 > tick {
-                            break;
-                        }
-                        let ((_, record), diff) = owed.remove_entry();
-                        passed.push(((record, tick), diff));
-                    }
+                    owed.take_due(tick, &mut passed);
                     consolidate(&mut passed);
                     let mut session = output.session(&cap);
                     for ((record, time), diff) in passed.drain(..) {
@@ -231,6 +216,98 @@ where
             }
         })
         .as_collection()
+}
+
+/// Seconds of due time per bucket of [`Owed`].
+const BUCKET: u64 = 256;
+
+/// The retractions a window owes, by the second they fall due, in buckets of [`BUCKET`]
+/// seconds. Records mostly arrive in time order, so owing one is a push onto the last bucket.
+/// A bucket holding a cancelling update (a record retracted before it left, e.g. a forgotten
+/// user's event) is consolidated at the next [`Owed::settle`], so cancelled retractions do not
+/// stay in memory.
+struct Owed<D> {
+    buckets: BTreeMap<u64, Vec<((u64, D), Diff)>>,
+    /// Buckets holding a positive (cancelling) update.
+    unsettled: BTreeSet<u64>,
+}
+
+impl<D> Default for Owed<D> {
+    fn default() -> Self {
+        Owed {
+            buckets: BTreeMap::new(),
+            unsettled: BTreeSet::new(),
+        }
+    }
+}
+
+impl<D: Ord + Clone> Owed<D> {
+    /// Owes `(record, diff)` at second `due`. A positive `diff` cancels an earlier retraction.
+    fn owe(&mut self, due: u64, record: D, diff: Diff) {
+        let bucket = due / BUCKET;
+        self.buckets
+            .entry(bucket)
+            .or_default()
+            .push(((due, record), diff));
+        if diff > 0 {
+            self.unsettled.insert(bucket);
+        }
+    }
+
+    /// Consolidates the buckets holding cancelling updates. A bucket stays unsettled while a
+    /// positive update is left in it (its record's retraction has not arrived yet).
+    fn settle(&mut self) {
+        let buckets = &mut self.buckets;
+        self.unsettled.retain(|bucket| {
+            let Entry::Occupied(mut updates) = buckets.entry(*bucket) else {
+                return false;
+            };
+            consolidate(updates.get_mut());
+            let positive = updates.get().iter().any(|(_, diff)| *diff > 0);
+            if updates.get().is_empty() {
+                updates.remove();
+            }
+            positive
+        });
+    }
+
+    /// Moves every retraction due at or before `tick` into `out`, at time `tick`.
+    fn take_due(&mut self, tick: u64, out: &mut Vec<((D, u64), Diff)>) {
+        while let Some(mut bucket) = self.buckets.first_entry() {
+            if bucket.key().saturating_mul(BUCKET) > tick {
+                break;
+            }
+            if bucket
+                .key()
+                .saturating_mul(BUCKET)
+                .saturating_add(BUCKET - 1)
+                <= tick
+            {
+                out.extend(
+                    bucket
+                        .remove()
+                        .into_iter()
+                        .map(|((_, record), diff)| ((record, tick), diff)),
+                );
+                continue;
+            }
+            // The bucket straddles the tick: take its due part and keep the rest.
+            let updates = bucket.get_mut();
+            let mut kept = Vec::with_capacity(updates.len());
+            for ((due, record), diff) in updates.drain(..) {
+                if due <= tick {
+                    out.push(((record, tick), diff));
+                } else {
+                    kept.push(((due, record), diff));
+                }
+            }
+            *updates = kept;
+            if updates.is_empty() {
+                bucket.remove();
+            }
+            break;
+        }
+    }
 }
 
 /// The events of the last `d` seconds: at logical time (as-of) `L` the result holds exactly the
@@ -265,4 +342,69 @@ pub fn sliding<'s>(
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, Event, Diff> {
     sliding_by(events, d, |event: &Event| event.time, expiry_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step on the owed retractions: owe `(due, record, diff)`, or take what is due by a tick.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Owe(u64, u8, Diff),
+        Take(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u64..3_000, 0u8..4, prop_oneof![Just(-1), Just(1)])
+                .prop_map(|(due, record, diff)| Step::Owe(due, record, diff)),
+            1 => (0u64..3_000).prop_map(Step::Take),
+        ]
+    }
+
+    proptest! {
+        /// Owed retractions come out at the tick that covers them, consolidated, exactly as a
+        /// plain map of `(due, record) -> diff` says, and a cancelled retraction leaves memory
+        /// at the next settle.
+        #[test]
+        fn owed_matches_a_plain_map(steps in prop::collection::vec(step(), 0..300)) {
+            let mut owed: Owed<u8> = Owed::default();
+            let mut model: BTreeMap<(u64, u8), Diff> = BTreeMap::new();
+            for step in steps {
+                match step {
+                    Step::Owe(due, record, diff) => {
+                        owed.owe(due, record, diff);
+                        *model.entry((due, record)).or_insert(0) += diff;
+                        model.retain(|_, diff| *diff != 0);
+                    }
+                    Step::Take(tick) => {
+                        let mut taken = Vec::new();
+                        owed.take_due(tick, &mut taken);
+                        consolidate(&mut taken);
+                        let mut expected: Vec<((u8, u64), Diff)> = Vec::new();
+                        model.retain(|&(due, record), diff| {
+                            if due <= tick {
+                                expected.push(((record, tick), *diff));
+                            }
+                            due > tick
+                        });
+                        consolidate(&mut expected);
+                        prop_assert_eq!(taken, expected);
+                    }
+                }
+                owed.settle();
+                let mut held: Vec<((u64, u8), Diff)> =
+                    owed.buckets.values().flatten().cloned().collect();
+                let keys: std::collections::BTreeSet<(u64, u8)> =
+                    held.iter().map(|(key, _)| *key).collect();
+                consolidate(&mut held);
+                let model_held: Vec<((u64, u8), Diff)> =
+                    model.iter().map(|(key, diff)| (*key, *diff)).collect();
+                prop_assert_eq!(&held, &model_held);
+                prop_assert_eq!(keys, model.keys().copied().collect());
+            }
+        }
+    }
 }
