@@ -7,8 +7,8 @@
 //! function of a small summary that updates in place (a count, a sum, a map from period to
 //! multiplicity), [`fold_by_key`] keeps that summary instead, one per live key, applies each
 //! update once, and emits only the rows that changed. Like `count_total` and `distinct_total`,
-//! it needs a totally ordered time: it applies the updates of each time, in time order, once its
-//! input frontier has passed that time.
+//! it needs a totally ordered time: updates at the input frontier apply as they arrive (every
+//! earlier time is complete), and later ones wait until the frontier reaches their time.
 //!
 //! A key whose summary returns to its empty (default) value is dropped at once, so the state
 //! holds nothing of a key whose updates were all retracted, e.g. a forgotten user.
@@ -23,18 +23,21 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 
-/// Updates waiting for their time to complete: by time, the capability to emit at that time and
-/// the `(key, value, diff)` updates.
+/// Updates waiting for the frontier to reach their time: by time, the capability to emit at that
+/// time and the `(key, value, diff)` updates.
 type Pending<K, V> = BTreeMap<u64, (Capability<u64>, Vec<(K, V, Diff)>)>;
 
 /// The collection of `rows(key, state)` over every key, where a key's `state` is
 /// `S::default()` updated by `update(&mut state, &value, diff)` for each of the key's updates
-/// at or before the time. The output is consolidated: at each time, one update per row whose
-/// multiplicity changed.
+/// at or before the time. Only the rows of keys that changed are touched: each batch of input
+/// applied gives one update per row whose multiplicity changed (downstream arrangements
+/// consolidate across batches).
 ///
 /// `update` must make the state a function of the accumulated collection: updates of one time
-/// arrive in no particular order, and a retraction must undo its insertion (counters and sums
-/// do this). A key whose state is back to `S::default()` has no rows and is forgotten.
+/// arrive in no particular order and in several batches, and a retraction must undo its
+/// insertion (counters and sums do this); `rows` must accept the states in between (e.g. a
+/// negative count while a retraction is ahead of its insertion). A key whose state is back to
+/// `S::default()` has no rows and is forgotten.
 ///
 /// ```
 /// use behave::views::fold::fold_by_key;
@@ -89,14 +92,31 @@ where
     collection
         .inner
         .unary_frontier(pact, name, move |_, _| {
-            // Updates not yet applied, by time, with the capability to emit at that time.
+            // Updates at times after the frontier, by time, with the capability to emit there.
             let mut pending: Pending<K, V> = BTreeMap::new();
-            let mut states: HashMap<K, S> = HashMap::new();
-            let mut before: Vec<O> = Vec::new();
-            let mut after: Vec<O> = Vec::new();
+            let mut keys: Keys<K, S, O> = Keys::default();
             move |(input, frontier), output| {
+                // Every update before the frontier has been applied, so updates at the frontier
+                // apply at once; later ones wait until the frontier reaches them.
+                let open = frontier.frontier().first().copied();
+                while let Some(entry) = pending.first_entry() {
+                    if open.is_some_and(|open| *entry.key() > open) {
+                        break;
+                    }
+                    let (cap, updates) = entry.remove();
+                    for (key, value, diff) in updates {
+                        keys.apply(key, &value, diff, &mut update, &mut rows);
+                    }
+                    let time = *cap.time();
+                    let mut session = output.session(&cap);
+                    keys.settle(&mut rows, |row, diff| session.give((row, time, diff)));
+                }
                 input.for_each(|cap, batch| {
                     for ((key, value), time, diff) in batch.drain(..) {
+                        if open.is_none_or(|open| time <= open) {
+                            keys.apply(key, &value, diff, &mut update, &mut rows);
+                            continue;
+                        }
                         let updates = match pending.entry(time) {
                             Entry::Occupied(entry) => entry.into_mut(),
                             Entry::Vacant(entry) => {
@@ -105,40 +125,91 @@ where
                         };
                         updates.1.push((key, value, diff));
                     }
-                });
-                // A time is complete once the frontier has passed it.
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (cap, mut updates) = entry.remove();
-                    updates.sort_by(|a, b| a.0.cmp(&b.0));
+                    // Updates apply only at the frontier (an input holding data is never done).
+                    let time = open.or_else(|| cap.least().copied()).unwrap_or_default();
                     let mut session = output.session(&cap);
-                    let time = *cap.time();
-                    let mut rest = updates.as_slice();
-                    while let Some((key, _, _)) = rest.first() {
-                        let same = rest.partition_point(|(k, _, _)| k == key);
-                        let (group, tail) = rest.split_at(same);
-                        rest = tail;
-                        before.clear();
-                        after.clear();
-                        let state = states.entry(key.clone()).or_default();
-                        rows(key, state, &mut before);
-                        for (_, value, diff) in group {
-                            update(state, value, *diff);
-                        }
-                        rows(key, state, &mut after);
-                        if *state == S::default() {
-                            states.remove(key);
-                        }
-                        emit_changes(&mut before, &mut after, |row, diff| {
-                            session.give((row, time, diff));
-                        });
-                    }
-                }
+                    keys.settle(&mut rows, |row, diff| session.give((row, time, diff)));
+                });
             }
         })
         .as_collection()
+}
+
+/// The states of the live keys, and the keys changed since the last [`Keys::settle`] with their
+/// rows before the change.
+struct Keys<K, S, O> {
+    /// Each live key's state and the round it was last changed in.
+    states: HashMap<K, (S, u64), foldhash::fast::RandomState>,
+    /// The current round: the updates since the last settle.
+    round: u64,
+    /// Keys changed this round, with the range of their former rows in `before`.
+    touched: Vec<(K, usize, usize)>,
+    before: Vec<O>,
+    after: Vec<O>,
+}
+
+impl<K, S, O> Default for Keys<K, S, O> {
+    fn default() -> Self {
+        Keys {
+            states: HashMap::default(),
+            round: 1,
+            touched: Vec::new(),
+            before: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+}
+
+impl<K, S, O> Keys<K, S, O>
+where
+    K: Clone + Eq + Hash,
+    S: Default + PartialEq,
+    O: Ord + Clone,
+{
+    /// Applies one update to `key`'s state, noting its rows first if it is the key's first
+    /// update this round.
+    fn apply<V>(
+        &mut self,
+        key: K,
+        value: &V,
+        diff: Diff,
+        update: &mut impl FnMut(&mut S, &V, Diff),
+        rows: &mut impl FnMut(&K, &S, &mut Vec<O>),
+    ) {
+        let (state, round) = self
+            .states
+            .entry(key.clone())
+            .or_insert_with(|| (S::default(), 0));
+        if *round != self.round {
+            *round = self.round;
+            let start = self.before.len();
+            rows(&key, state, &mut self.before);
+            self.touched.push((key, start, self.before.len()));
+        }
+        update(state, value, diff);
+    }
+
+    /// Gives the row changes of every key changed this round, drops keys back at the empty
+    /// state, and starts a new round.
+    fn settle(
+        &mut self,
+        rows: &mut impl FnMut(&K, &S, &mut Vec<O>),
+        mut give: impl FnMut(O, Diff),
+    ) {
+        for (key, start, end) in self.touched.drain(..) {
+            let Some((state, _)) = self.states.get(&key) else {
+                continue;
+            };
+            self.after.clear();
+            rows(&key, state, &mut self.after);
+            if *state == S::default() {
+                self.states.remove(&key);
+            }
+            emit_changes(&mut self.before[start..end], &mut self.after, &mut give);
+        }
+        self.before.clear();
+        self.round += 1;
+    }
 }
 
 /// Calls `give(row, diff)` for every row whose multiplicity differs between `before` and

@@ -239,24 +239,30 @@ pub fn retention<'s>(
         return_event,
         unbounded,
     } = spec.clone();
+    // One update per event: its period, and whether it starts a cohort and counts as a return.
     let per_user = events.flat_map(move |event: Event| {
-        let p = period.index(event.time, utc_offset);
         let starts = start_event.is_none_or(|kind| kind == event.kind);
         let returns = return_event.is_none_or(|kind| kind == event.kind);
-        let start = starts.then_some((event.user, (false, p)));
-        let ret = returns.then_some((event.user, (true, p)));
-        start.into_iter().chain(ret)
+        (starts || returns).then(|| {
+            let p = period.index(event.time, utc_offset);
+            (event.user, (p, starts, returns))
+        })
     });
     // Each user's multiplicity per (is_return, period); the user's cohort and offsets follow
     // from the periods present.
     let per_user = fold_by_key(
         per_user,
         "RetentionUser",
-        |periods: &mut BTreeMap<(bool, PeriodIndex), Diff>, value, diff| {
-            let count = periods.entry(*value).or_insert(0);
-            *count += diff;
-            if *count == 0 {
-                periods.remove(value);
+        |periods: &mut BTreeMap<(bool, PeriodIndex), Diff>, &(p, starts, returns), diff| {
+            for (on, is_return) in [(starts, false), (returns, true)] {
+                if !on {
+                    continue;
+                }
+                let count = periods.entry((is_return, p)).or_insert(0);
+                *count += diff;
+                if *count == 0 {
+                    periods.remove(&(is_return, p));
+                }
             }
         },
         move |_user, periods, rows: &mut Vec<(PeriodIndex, i64)>| {
@@ -267,7 +273,6 @@ pub fn retention<'s>(
             user_offsets(present, unbounded, rows);
         },
     );
-
     if !unbounded {
         return per_user
             .count_total()

@@ -93,8 +93,8 @@ where
 }
 
 /// [`sliding_by`] for the part of each record a view needs: `project(x)` gives the record's event
-/// time and what enters the window, e.g. a user id, so that records of one user that enter or
-/// leave at the same logical time are passed on as one update.
+/// time and what enters the window, e.g. a user id and a flag, so that the window holds a few
+/// words per record rather than whole events.
 ///
 /// ```
 /// use behave::views::window::{sliding_project, Expiry};
@@ -151,11 +151,12 @@ where
     }
 }
 
-/// [`sliding_project`] with retractions at ticks: each record is passed on at once (records of
-/// one input batch consolidated), and its retraction waits, consolidated with others of the same
-/// record and expiry (so a forgotten user's pending retractions cancel and leave), until the
-/// first tick at or after its expiry whose time the input has passed; the retractions due at a
-/// tick leave consolidated too.
+/// [`sliding_project`] with retractions at ticks: each record is passed on at once, and its
+/// retraction waits (a forgotten user's pending retractions cancel and leave, see [`Owed`])
+/// until the first tick at or after its expiry whose time the input has passed. Output is not
+/// consolidated: the operators downstream (arrangements, [`fold_by_key`]) group by key anyway.
+///
+/// [`fold_by_key`]: super::fold::fold_by_key
 fn sliding_at_ticks<'s, D, D2, F>(
     collection: VecCollection<'s, u64, D, Diff>,
     d: i64,
@@ -173,9 +174,10 @@ where
             let mut owed: Owed<D2> = Owed::default();
             // Ticks not yet acted on, with the capability to emit at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            let mut passed: Vec<((D2, u64), Diff)> = Vec::new();
+            let mut due: Vec<((D2, u64), Diff)> = Vec::new();
             move |(data, data_frontier), (ticks, ticks_frontier), output| {
                 data.for_each(|cap, batch| {
+                    let mut session = output.session(&cap);
                     for (record, time, diff) in batch.drain(..) {
                         let (event_time, record) = project(record);
                         let leaves = expiry(time, event_time, d);
@@ -183,14 +185,9 @@ where
                             continue; // In and out at the same time: never in the window.
                         }
                         owed.owe(leaves, record.clone(), -diff);
-                        passed.push(((record, time), diff));
-                    }
-                    owed.settle();
-                    consolidate(&mut passed);
-                    let mut session = output.session(&cap);
-                    for ((record, time), diff) in passed.drain(..) {
                         session.give((record, time, diff));
                     }
+                    owed.settle();
                 });
                 ticks.for_each(|cap, batch| {
                     batch.clear();
@@ -206,10 +203,9 @@ where
                         break;
                     }
                     let cap = entry.remove();
-                    owed.take_due(tick, &mut passed);
-                    consolidate(&mut passed);
+                    owed.take_due(tick, &mut due);
                     let mut session = output.session(&cap);
-                    for ((record, time), diff) in passed.drain(..) {
+                    for ((record, time), diff) in due.drain(..) {
                         session.give((record, time, diff));
                     }
                 }
