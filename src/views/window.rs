@@ -214,6 +214,9 @@ where
         .as_collection()
 }
 
+/// The retractions owed in one bucket of [`Owed`]: `((due, record), diff)`.
+type Bucket<D> = Vec<((u64, D), Diff)>;
+
 /// Seconds of due time per bucket of [`Owed`].
 const BUCKET: u64 = 256;
 
@@ -223,7 +226,7 @@ const BUCKET: u64 = 256;
 /// user's event) is consolidated at the next [`Owed::settle`], so cancelled retractions do not
 /// stay in memory.
 struct Owed<D> {
-    buckets: BTreeMap<u64, Vec<((u64, D), Diff)>>,
+    buckets: BTreeMap<u64, Bucket<D>>,
     /// Buckets holding a positive (cancelling) update.
     unsettled: BTreeSet<u64>,
 }
