@@ -10,6 +10,7 @@ use crate::event::{Event, PrehashedMap, Sym, Time, UserId, Value};
 use crate::privacy::Identities;
 use crate::spec::{Format, InputSpec};
 use crate::time::parse_time;
+use differential_dataflow::hashable::Hashable;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -203,9 +204,11 @@ impl Routing {
         }
     }
 
-    /// The shard of a user.
+    /// The shard of a user: the worker that differential's exchanges route the user's keys to
+    /// (`hashed() % shards`, which timely also computes as a mask for a power-of-two count), so
+    /// that the per-user arrangements and folds receive their input without crossing threads.
     pub fn shard(&self, user: UserId) -> usize {
-        (user.0 % self.shards as u64) as usize
+        (user.hashed() % self.shards as u64) as usize
     }
 
     /// The epoch (logical time) an event time belongs to: the end of its tick.

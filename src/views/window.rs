@@ -104,25 +104,25 @@ where
 /// let seen = Arc::new(Mutex::new(Vec::new()));
 /// let out = seen.clone();
 /// timely::execute_directly(move |worker| {
-///     let mut input: InputSession<u64, (&'static str, i64), isize> = InputSession::new();
+///     let mut input: InputSession<u64, (u64, i64), isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
 ///         let users = sliding_project(
 ///             input.to_collection(scope),
 ///             10,
-///             |(user, time): (&str, i64)| (time, user),
+///             |(user, time): (u64, i64)| (time, user),
 ///             &Expiry::Exact,
 ///         );
-///         users.consolidate().inspect(move |u| out.lock().unwrap().push(u.clone()));
+///         users.consolidate().inspect(move |u| out.lock().unwrap().push(*u));
 ///     });
 ///     input.advance_to(5);
-///     input.insert(("a", 5));
-///     input.insert(("a", 3));
+///     input.insert((7, 5));
+///     input.insert((7, 3));
 ///     input.close();
 /// });
 /// let mut seen = seen.lock().unwrap().clone();
 /// seen.sort_by_key(|(_, t, _)| *t);
-/// assert_eq!(seen, vec![("a", 5, 2), ("a", 13, -1), ("a", 15, -1)]);
+/// assert_eq!(seen, vec![(7, 5, 2), (7, 13, -1), (7, 15, -1)]);
 /// ```
 pub fn sliding_project<'s, D, D2, F>(
     collection: VecCollection<'s, u64, D, Diff>,
