@@ -7,6 +7,7 @@
 //!
 //! [`Event`]: crate::event::Event
 
+pub mod cosine;
 pub mod engagement;
 pub mod recommend;
 pub mod retention;
