@@ -115,6 +115,12 @@ impl<M> Default for Ranking<M> {
     }
 }
 
+/// The top-`k` neighbours `(member, Similar { neighbour, .. })` of every member.
+pub type Neighbours<'s, M> = VecCollection<'s, u64, (M, Similar<M>), Diff>;
+
+/// Updates held until the input frontier passes their time, with the capability to emit then.
+type Held<D> = (Capability<u64>, Vec<(D, Diff)>);
+
 /// A handle on the state of one [`top_k_cosine_with_state`] instance on this worker, to audit
 /// it for records of forgotten users.
 pub struct CosineState<G, M> {
@@ -182,10 +188,7 @@ pub fn top_k_cosine_with_state<'s, G, M>(
     memberships: VecCollection<'s, u64, (G, M), Diff>,
     k: usize,
     max_group: u64,
-) -> (
-    VecCollection<'s, u64, (M, Similar<M>), Diff>,
-    CosineState<G, M>,
-)
+) -> (Neighbours<'s, M>, CosineState<G, M>)
 where
     G: ExchangeData + Hash,
     M: ExchangeData + Hash + Copy,
@@ -204,8 +207,7 @@ where
         Exchange::new(|((group, _), _, _): &((G, M), u64, Diff)| group.hashed()),
         "CosinePairs",
         move |_, _| {
-            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((G, M), Diff)>)> =
-                BTreeMap::new();
+            let mut pending: BTreeMap<u64, Held<(G, M)>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, batch| {
                     for (membership, time, diff) in batch.drain(..) {
@@ -373,7 +375,7 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
     ) -> Vec<((M, Similar<M>), Diff)> {
         // Members whose ranking may change, with the candidates that changed (duplicates ok).
         let mut dirty: FxMap<M, Vec<M>> = FxMap::default();
-        sizes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sizes.sort_unstable_by_key(|a| a.0);
         let mut resized = Vec::new();
         let mut i = 0;
         while i < sizes.len() {

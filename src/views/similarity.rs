@@ -20,7 +20,7 @@
 //! Consent: a user whose latest opt-out/opt-in event is an opt-out ([`opted_out`]) is in neither
 //! side of the user-user or item-item similarity; their events still count elsewhere.
 
-use super::cosine::{top_k_cosine_with_state, CosineState};
+use super::cosine::{top_k_cosine_with_state, CosineState, Neighbours};
 use super::Diff;
 use crate::event::{Event, Sym, UserId, Value};
 use differential_dataflow::{ExchangeData, VecCollection};
@@ -273,10 +273,7 @@ pub fn similarity<'s>(
 pub fn similarity_with_state<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     params: &SimilarityParams,
-) -> (
-    VecCollection<'s, u64, (UserId, Similar<UserId>), Diff>,
-    CosineState<Sym, UserId>,
-) {
+) -> (Neighbours<'s, UserId>, CosineState<Sym, UserId>) {
     let by_item = similarity_interactions(events, params).map(|(user, item)| (item, user));
     top_k_cosine_with_state(by_item, params.k, params.max_item_users)
 }
@@ -298,10 +295,7 @@ pub fn item_similarity_with_state<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     params: &SimilarityParams,
     item: &ItemSimilarityParams,
-) -> (
-    VecCollection<'s, u64, (Sym, Similar<Sym>), Diff>,
-    CosineState<UserId, Sym>,
-) {
+) -> (Neighbours<'s, Sym>, CosineState<UserId, Sym>) {
     top_k_cosine_with_state(
         similarity_interactions(events, params),
         item.k,
