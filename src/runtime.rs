@@ -6,7 +6,7 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
-use crate::views::recommend::{recommendations_from, RecommendParams, Recommendation};
+use crate::views::recommend::{recommendations_with_state, RecommendParams, Recommendation};
 use crate::views::similarity::{
     item_similarity_with_state, similarity_with_state, ItemSimilarityParams, Similar,
     SimilarityParams,
@@ -387,9 +387,20 @@ pub fn build_views<'s>(
             outputs.push(neighbours.map(|(item, s)| Row::ItemNeighbour(item, s)));
         }
         if let Some(recommend) = &config.recommendations {
-            let arranged =
-                recommendations_from(events.clone(), neighbours, params, recommend, expiry_at)
-                    .arrange_by_key_named("Recommendations");
+            let (recommended, state) = recommendations_with_state(
+                events.clone(),
+                neighbours,
+                params,
+                recommend,
+                expiry_at,
+            );
+            audited.push(Box::new(InOperator {
+                name: "recommendation_inputs".into(),
+                count: Box::new(move |users| {
+                    state.keys_matching(|u| users.binary_search(u).is_ok())
+                }),
+            }));
+            let arranged = recommended.arrange_by_key_named("Recommendations");
             audited.push(Box::new(UserKeyed {
                 name: "recommendations".into(),
                 trace: arranged.trace.clone(),

@@ -9,6 +9,7 @@
 
 pub mod cosine;
 pub mod engagement;
+pub mod in_place;
 pub mod recommend;
 pub mod retention;
 pub mod segments;

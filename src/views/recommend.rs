@@ -18,6 +18,7 @@
 //! [`similarity`]: super::similarity::similarity
 //! [`cosine_fixed`]: super::similarity::cosine_fixed
 
+use super::in_place::{reduce_in_place, Reduced};
 use super::similarity::{
     interactions, similarity, Interactions, Similar, SimilarityParams, SCORE_SCALE,
 };
@@ -325,6 +326,18 @@ pub fn recommendations_from<'s>(
     params: &RecommendParams,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (UserId, Recommendation), Diff> {
+    recommendations_with_state(events, neighbours, similar, params, expiry_at).0
+}
+
+/// [`recommendations_from`], with a handle on the per-user ranking state (keyed by user) for
+/// the forget audit.
+pub fn recommendations_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    neighbours: VecCollection<'s, u64, (UserId, Similar<UserId>), Diff>,
+    similar: &SimilarityParams,
+    params: &RecommendParams,
+    expiry_at: &Expiry<'s>,
+) -> Reduced<'s, UserId, RankInput, Recommendation> {
     let own = interactions(events.clone(), &similar.interactions).arrange_by_key_named("OwnItems");
     let dismissed = match params.dismiss {
         Some(kind) => events
@@ -338,15 +351,13 @@ pub fn recommendations_from<'s>(
         None => events.clone().flat_map(|_| None::<(UserId, Sym)>),
     };
     // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine. The
-    // weight travels as the multiplicity, so `count` sums it per (user, item) incrementally, and
-    // the per-user ranking below reads one value per candidate item, not one per neighbour.
+    // weight travels as the multiplicity of `Via(item, 1)`, so the per-user ranking below sums
+    // it per item as it arrives (`rank_user` multiplies a `Via` weight by its multiplicity).
     let via = neighbours
         .clone()
         .map(|(user, s)| (s.neighbour, (user, s.fixed())))
         .join_core(own.clone(), |_v, &(user, w), &item| Some(((user, item), w)))
-        .explode(|(candidate, w)| Some((candidate, w as Diff)))
-        .count()
-        .map(|((user, item), score)| (user, RankInput::Via(item, score as i64)));
+        .explode(|((user, item), w)| Some(((user, RankInput::Via(item, 1)), w as Diff)));
     // Cold users: any event, and no neighbour (opted-out users have none).
     let users = events.clone().map(|e| (e.user, ())).distinct();
     let with_neighbours = neighbours.map(|(user, _)| user).distinct();
@@ -399,11 +410,11 @@ pub fn recommendations_from<'s>(
         .concat(via)
         .concat(popular);
     let params = params.clone();
-    inputs.reduce_named(
+    // Kept in place, not in arrangements: a user's inputs are their ~|I_u| own items and every
+    // item of their neighbours, of which a forget changes a few (see `in_place`).
+    reduce_in_place(
+        inputs,
         "RankUser",
-        move |_user, input: &[(&RankInput, Diff)], output: &mut Vec<(Recommendation, Diff)>| {
-            let input: Vec<(RankInput, Diff)> = input.iter().map(|(v, r)| (**v, *r)).collect();
-            output.extend(rank_user(&input, &params).into_iter().map(|r| (r, 1)));
-        },
+        move |_user, input: &[(RankInput, Diff)]| rank_user(input, &params),
     )
 }
