@@ -45,8 +45,13 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Capability;
 
-/// A fast hasher for the small integer keys of the operator state (the FxHash function):
-/// iteration order never reaches an output (outputs are sets, ranked by a total order).
+/// A fast hasher for the small integer keys of the operator state (the FxHash function, with
+/// rustc-hash 2's final rotation): iteration order never reaches an output (outputs are sets,
+/// ranked by a total order).
+///
+/// The rotation matters: a multiplication's low bits depend only on its input's low bits, and
+/// hash tables pick buckets by the low bits, so item symbols (FNV-1a of short names, whose low
+/// bits vary little) would pile into a few buckets without it.
 #[derive(Clone, Copy, Default)]
 pub struct FxHasher(u64);
 
@@ -66,7 +71,7 @@ impl Hasher for FxHasher {
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        self.0.rotate_left(26)
     }
 }
 
