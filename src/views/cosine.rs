@@ -448,9 +448,10 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                 continue;
             };
             let size = self.sizes.get(&a).copied().unwrap_or(0);
-            let top = rerank(subject.get(), &changed, size, &self.sizes, k);
-            let old = std::mem::replace(&mut subject.get_mut().top, top);
-            emit_difference(a, old, &subject.get().top, &mut out);
+            if let Some(top) = rerank(subject.get(), &changed, size, &self.sizes, k) {
+                let old = std::mem::replace(&mut subject.get_mut().top, top);
+                emit_difference(a, old, &subject.get().top, &mut out);
+            }
             if subject.get().candidates.is_empty() && subject.get().top.is_empty() {
                 subject.remove();
             }
@@ -475,20 +476,25 @@ fn similar<M: Hash + Eq + Copy>(
     })
 }
 
-/// The new top `k` of `subject` after the changes of `changed` candidates (and of set sizes):
-/// from the current top `k` and the changed candidates, unless an entry of the current top `k`
-/// got worse or left (its cosine, relative to the member's own size, went down), in which case
-/// every candidate is ranked again. Unchanged candidates outside the top `k` ranked after each
-/// of its `k` entries before; an entry that did not get worse still ranks before them.
+/// The new top `k` of `subject` after the changes of `changed` candidates (and of set sizes),
+/// or `None` when it stays exactly as it is.
+///
+/// When an entry of the current top `k` got worse or left (its cosine, relative to the member's
+/// own size, went down), every candidate is ranked again. Otherwise the new top `k` is the best
+/// `k` of the current entries (with their new counts) and the changed candidates: an unchanged
+/// candidate outside the top `k` ranked after each of its `k` entries before, and an entry that
+/// did not get worse still ranks before it. A changed candidate that ranks after the worst of
+/// the `k` entries cannot enter, so only the others are compared and sorted; and when no entry
+/// changed and no candidate enters, the top `k` and its records are unchanged.
 fn rerank<M: Ord + Hash + Copy>(
     subject: &Subject<M>,
     changed: &[M],
     size: u64,
     sizes: &FxMap<M, u64>,
     k: usize,
-) -> Vec<Similar<M>> {
+) -> Option<Vec<Similar<M>>> {
     if k == 0 || size == 0 {
-        return Vec::new();
+        return (!subject.top.is_empty()).then(Vec::new);
     }
     let now = |b: M| {
         subject
@@ -496,27 +502,64 @@ fn rerank<M: Ord + Hash + Copy>(
             .get(&b)
             .and_then(|&overlap| similar(b, overlap, size, sizes))
     };
-    let worse = subject.top.iter().any(|old| match now(old.neighbour) {
-        None => true,
-        // overlap'² / n' < overlap² / n: the member's own size is a common factor.
-        Some(new) => {
-            u128::from(new.overlap).pow(2) * u128::from(old.neighbour_size)
-                < u128::from(old.overlap).pow(2) * u128::from(new.neighbour_size)
+    let mut in_top: Vec<M> = subject.top.iter().map(|s| s.neighbour).collect();
+    in_top.sort_unstable();
+    let is_top = |b: &M| in_top.binary_search(b).is_ok();
+    let own_size_changed = subject.top.first().is_some_and(|s| s.size != size);
+    let top_changed = own_size_changed || changed.iter().any(is_top);
+    let mut pool: Vec<Similar<M>> = Vec::with_capacity(k + 1);
+    if top_changed {
+        for old in &subject.top {
+            match now(old.neighbour) {
+                // overlap'² / n' < overlap² / n: the member's own size is a common factor.
+                Some(new)
+                    if u128::from(new.overlap).pow(2) * u128::from(old.neighbour_size)
+                        >= u128::from(old.overlap).pow(2) * u128::from(new.neighbour_size) =>
+                {
+                    pool.push(new);
+                }
+                _ => return Some(rescan(subject, size, sizes, k)),
+            }
         }
-    });
-    let mut pool: Vec<Similar<M>> = if worse {
-        subject
-            .candidates
-            .iter()
-            .filter_map(|(&b, &overlap)| similar(b, overlap, size, sizes))
-            .collect()
     } else {
-        let mut ids: Vec<M> = subject.top.iter().map(|s| s.neighbour).collect();
-        ids.extend_from_slice(changed);
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter().filter_map(now).collect()
-    };
+        pool.extend_from_slice(&subject.top);
+    }
+    // The worst entry: a candidate after it cannot enter a full top k.
+    let worst = (pool.len() >= k)
+        .then(|| pool.iter().copied().max_by(closer))
+        .flatten();
+    let before = pool.len();
+    for &b in changed {
+        if is_top(&b) {
+            continue;
+        }
+        if let Some(candidate) = now(b) {
+            if worst.is_none_or(|w| closer(&candidate, &w) == std::cmp::Ordering::Less) {
+                pool.push(candidate);
+            }
+        }
+    }
+    if !top_changed && pool.len() == before {
+        return None;
+    }
+    pool.sort_unstable_by(closer);
+    pool.dedup();
+    pool.truncate(k);
+    Some(pool)
+}
+
+/// Every candidate of `subject` ranked again: the best `k`.
+fn rescan<M: Ord + Hash + Copy>(
+    subject: &Subject<M>,
+    size: u64,
+    sizes: &FxMap<M, u64>,
+    k: usize,
+) -> Vec<Similar<M>> {
+    let mut pool: Vec<Similar<M>> = subject
+        .candidates
+        .iter()
+        .filter_map(|(&b, &overlap)| similar(b, overlap, size, sizes))
+        .collect();
     if pool.len() > k {
         pool.select_nth_unstable_by(k - 1, closer);
         pool.truncate(k);
