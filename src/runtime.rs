@@ -397,7 +397,7 @@ pub fn build_views<'s>(
             audited.push(Box::new(InOperator {
                 name: "recommendation_inputs".into(),
                 count: Box::new(move |users| {
-                    state.keys_matching(|u| users.binary_search(u).is_ok())
+                    state.records_naming(|u| users.binary_search(u).is_ok())
                 }),
             }));
             let arranged = recommended.arrange_by_key_named("Recommendations");

@@ -10,6 +10,7 @@
 pub mod cosine;
 pub mod engagement;
 pub mod in_place;
+pub mod rank;
 pub mod recommend;
 pub mod retention;
 pub mod segments;

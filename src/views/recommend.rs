@@ -18,7 +18,7 @@
 //! [`similarity`]: super::similarity::similarity
 //! [`cosine_fixed`]: super::similarity::cosine_fixed
 
-use super::in_place::{reduce_in_place, Reduced};
+use super::rank::{rank_users, Ranked, ToRank};
 use super::similarity::{
     interactions, similarity, Interactions, Similar, SimilarityParams, SCORE_SCALE,
 };
@@ -337,7 +337,7 @@ pub fn recommendations_with_state<'s>(
     similar: &SimilarityParams,
     params: &RecommendParams,
     expiry_at: &Expiry<'s>,
-) -> Reduced<'s, UserId, RankInput, Recommendation> {
+) -> Ranked<'s> {
     let own = interactions(events.clone(), &similar.interactions).arrange_by_key_named("OwnItems");
     let dismissed = match params.dismiss {
         Some(kind) => events
@@ -350,14 +350,11 @@ pub fn recommendations_with_state<'s>(
             .distinct(),
         None => events.clone().flat_map(|_| None::<(UserId, Sym)>),
     };
-    // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine. The
-    // weight travels as the multiplicity of `Via(item, 1)`, so the per-user ranking below sums
-    // it per item as it arrives (`rank_user` multiplies a `Via` weight by its multiplicity).
-    let via = neighbours
+    // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine,
+    // summed per (user, item) in place by the ranking operator (see `rank`).
+    let weights = neighbours
         .clone()
-        .map(|(user, s)| (s.neighbour, (user, s.fixed())))
-        .join_core(own.clone(), |_v, &(user, w), &item| Some(((user, item), w)))
-        .explode(|((user, item), w)| Some(((user, RankInput::Via(item, 1)), w as Diff)));
+        .map(|(user, s)| (user, ToRank::Neighbour(s.neighbour, s.fixed())));
     // Cold users: any event, and no neighbour (opted-out users have none).
     let users = events.clone().map(|e| (e.user, ())).distinct();
     let with_neighbours = neighbours.map(|(user, _)| user).distinct();
@@ -405,16 +402,10 @@ pub fn recommendations_with_state<'s>(
         Some((user, RankInput::Popular(rank, item, users)))
     });
     let inputs = own
-        .as_collection(|u, i| (*u, RankInput::Own(*i)))
-        .concat(dismissed.map(|(u, i)| (u, RankInput::Dismissed(i))))
-        .concat(via)
-        .concat(popular);
-    let params = params.clone();
-    // Kept in place, not in arrangements: a user's inputs are their ~|I_u| own items and every
-    // item of their neighbours, of which a forget changes a few (see `in_place`).
-    reduce_in_place(
-        inputs,
-        "RankUser",
-        move |_user, input: &[(RankInput, Diff)]| rank_user(input, &params),
-    )
+        .clone()
+        .as_collection(|u, i| (*u, ToRank::Input(RankInput::Own(*i))))
+        .concat(dismissed.map(|(u, i)| (u, ToRank::Input(RankInput::Dismissed(i)))))
+        .concat(popular.map(|(u, p)| (u, ToRank::Input(p))))
+        .concat(weights);
+    rank_users(inputs, own.as_collection(|u, i| (*u, *i)), params)
 }
