@@ -18,6 +18,7 @@
 //! [`similarity`]: super::similarity::similarity
 //! [`cosine_fixed`]: super::similarity::cosine_fixed
 
+use super::cosine::FxHasher;
 use super::rank::{rank_users, Ranked, ToRank};
 use super::similarity::{
     interactions, similarity, Interactions, Similar, SimilarityParams, SCORE_SCALE,
@@ -26,7 +27,8 @@ use super::window::{sliding, Expiry};
 use super::Diff;
 use crate::event::{Event, Sym, UserId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,6 +155,8 @@ impl Catalog {
     }
 }
 
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 /// Parameters of the recommendations view.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecommendParams {
@@ -207,7 +211,11 @@ pub enum RankInput {
 /// assert_eq!(content_fixed(&profile, 1, &[a]), 1_000_000_000_000);
 /// assert_eq!(content_fixed(&profile, 1, &[a, b]), 707_106_781_187);
 /// ```
-pub fn content_fixed(profile: &HashMap<Sym, i64>, norm_sq: i64, tags: &[Sym]) -> i64 {
+pub fn content_fixed<S: BuildHasher>(
+    profile: &HashMap<Sym, i64, S>,
+    norm_sq: i64,
+    tags: &[Sym],
+) -> i64 {
     let dot: i64 = tags.iter().filter_map(|t| profile.get(t)).sum();
     if dot == 0 || norm_sq == 0 {
         return 0;
@@ -218,27 +226,33 @@ pub fn content_fixed(profile: &HashMap<Sym, i64>, norm_sq: i64, tags: &[Sym]) ->
 
 /// Ranks one user's recommendations from everything the dataflow gathered for them (also
 /// usable on its own): popularity when `Popular` inputs are present, else the neighbours' items.
+///
+/// It runs for every user whose inputs change (hundreds per forget), over ~1,000 candidate
+/// items each, so it uses hash maps and sorted vectors and selects the best `n` before sorting
+/// them; the ranking is a total order (score, then item), so the result is the same as sorting
+/// every candidate.
 pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<Recommendation> {
-    let mut own = BTreeSet::new();
-    let mut dismissed = BTreeSet::new();
-    let mut via: BTreeMap<Sym, i64> = BTreeMap::new();
+    let mut own: Vec<Sym> = Vec::new();
+    let mut dismissed: Vec<Sym> = Vec::new();
+    let mut via: FxMap<Sym, i64> = FxMap::default();
     let mut popular = Vec::new();
     for (value, copies) in input {
         if *copies <= 0 {
             continue;
         }
         match *value {
-            RankInput::Own(item) => {
-                own.insert(item);
-            }
-            RankInput::Dismissed(item) => {
-                dismissed.insert(item);
-            }
+            RankInput::Own(item) => own.push(item),
+            RankInput::Dismissed(item) => dismissed.push(item),
             RankInput::Via(item, w) => *via.entry(item).or_insert(0) += w * *copies as i64,
             RankInput::Popular(rank, item, users) => popular.push((rank, item, users)),
         }
     }
-    let fresh = |item: &Sym| !own.contains(item) && !dismissed.contains(item);
+    own.sort_unstable();
+    own.dedup();
+    dismissed.sort_unstable();
+    dismissed.dedup();
+    let fresh =
+        |item: &Sym| own.binary_search(item).is_err() && dismissed.binary_search(item).is_err();
     let mut ranked: Vec<(i64, Sym)> = if !popular.is_empty() {
         popular.sort();
         popular
@@ -253,7 +267,7 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
             .as_ref()
             .filter(|_| params.content_weight != 0)
             .map(|catalog| {
-                let mut profile: HashMap<Sym, i64> = HashMap::new();
+                let mut profile: FxMap<Sym, i64> = FxMap::default();
                 for item in &own {
                     for tag in catalog.tags(*item) {
                         *profile.entry(*tag).or_insert(0) += 1;
@@ -273,10 +287,17 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
             })
             .collect()
     };
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    if params.n == 0 {
+        return Vec::new();
+    }
+    if ranked.len() > params.n {
+        ranked.select_nth_unstable_by(params.n - 1, order);
+        ranked.truncate(params.n);
+    }
+    ranked.sort_unstable_by(order);
     ranked
         .into_iter()
-        .take(params.n)
         .enumerate()
         .map(|(i, (score, item))| Recommendation {
             rank: i as u32 + 1,
