@@ -37,7 +37,7 @@ use super::Diff;
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -76,7 +76,6 @@ impl Hasher for FxHasher {
 }
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-type FxSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// The members of each group (state of the pairs operator, on the group's worker).
 type Groups<G, M> = FxMap<G, BTreeMap<M, Diff>>;
@@ -106,8 +105,10 @@ struct Ranking<M> {
     sizes: FxMap<M, u64>,
     /// The members this worker ranks.
     subjects: FxMap<M, Subject<M>>,
-    /// For each neighbour, the local members that have it as a candidate (for size changes).
-    reverse: FxMap<M, FxSet<M>>,
+    /// For each neighbour, the local members that have it as a candidate, with the overlap (a
+    /// copy of the candidate's, so that a size change reads it here, in one map, rather than
+    /// in each member's candidates).
+    reverse: FxMap<M, FxMap<M, i64>>,
 }
 
 impl<M> Default for Ranking<M> {
@@ -169,7 +170,7 @@ impl<G: Eq + Hash, M: Eq + Hash + Copy> CosineState<G, M> {
             found += if member(b) {
                 subjects.len()
             } else {
-                subjects.iter().filter(|a| member(a)).count()
+                subjects.keys().filter(|a| member(a)).count()
             };
         }
         found
@@ -378,8 +379,9 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
         mut sizes: Vec<(M, Diff)>,
         k: usize,
     ) -> Vec<((M, Similar<M>), Diff)> {
-        // Members whose ranking may change, with the candidates that changed (duplicates ok).
-        let mut dirty: FxMap<M, Vec<M>> = FxMap::default();
+        // Members whose ranking may change, with the candidates that changed (duplicates ok) and
+        // their overlap where it is known to be final (else `UNKNOWN`).
+        let mut dirty: FxMap<M, Vec<(M, i64)>> = FxMap::default();
         sizes.sort_unstable_by_key(|a| a.0);
         let mut resized = Vec::new();
         let mut i = 0;
@@ -412,33 +414,36 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
         }
         for ((a, b), diff) in pairs {
             let subject = self.subjects.entry(a).or_default();
-            match subject.candidates.entry(b) {
+            let overlap = match subject.candidates.entry(b) {
                 Entry::Occupied(mut overlap) => {
                     *overlap.get_mut() += diff as i64;
                     if *overlap.get() == 0 {
                         overlap.remove();
-                        if let Entry::Occupied(mut back) = self.reverse.entry(b) {
-                            back.get_mut().remove(&a);
-                            if back.get().is_empty() {
-                                back.remove();
-                            }
-                        }
+                        0
+                    } else {
+                        *overlap.get()
                     }
                 }
-                Entry::Vacant(overlap) => {
-                    overlap.insert(diff as i64);
-                    self.reverse.entry(b).or_default().insert(a);
+                Entry::Vacant(overlap) => *overlap.insert(diff as i64),
+            };
+            let back = self.reverse.entry(b).or_default();
+            if overlap == 0 {
+                back.remove(&a);
+                if back.is_empty() {
+                    self.reverse.remove(&b);
                 }
+            } else {
+                back.insert(a, overlap);
             }
-            dirty.entry(a).or_default().push(b);
+            dirty.entry(a).or_default().push((b, UNKNOWN));
         }
         for member in resized {
             if self.subjects.contains_key(&member) {
                 dirty.entry(member).or_default();
             }
             if let Some(back) = self.reverse.get(&member) {
-                for a in back {
-                    dirty.entry(*a).or_default().push(member);
+                for (a, overlap) in back {
+                    dirty.entry(*a).or_default().push((member, *overlap));
                 }
             }
         }
@@ -459,6 +464,9 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
         out
     }
 }
+
+/// A changed candidate's overlap that is to be read from the member's candidates.
+const UNKNOWN: i64 = i64::MIN;
 
 /// The neighbour record of candidate `b` with overlap `overlap`, if it is one.
 fn similar<M: Hash + Eq + Copy>(
@@ -488,7 +496,7 @@ fn similar<M: Hash + Eq + Copy>(
 /// changed and no candidate enters, the top `k` and its records are unchanged.
 fn rerank<M: Ord + Hash + Copy>(
     subject: &Subject<M>,
-    changed: &[M],
+    changed: &[(M, i64)],
     size: u64,
     sizes: &FxMap<M, u64>,
     k: usize,
@@ -506,7 +514,7 @@ fn rerank<M: Ord + Hash + Copy>(
     in_top.sort_unstable();
     let is_top = |b: &M| in_top.binary_search(b).is_ok();
     let own_size_changed = subject.top.first().is_some_and(|s| s.size != size);
-    let top_changed = own_size_changed || changed.iter().any(is_top);
+    let top_changed = own_size_changed || changed.iter().any(|(b, _)| is_top(b));
     let mut pool: Vec<Similar<M>> = Vec::with_capacity(k + 1);
     if top_changed {
         for old in &subject.top {
@@ -529,11 +537,16 @@ fn rerank<M: Ord + Hash + Copy>(
         .then(|| pool.iter().copied().max_by(closer))
         .flatten();
     let before = pool.len();
-    for &b in changed {
+    for &(b, overlap) in changed {
         if is_top(&b) {
             continue;
         }
-        if let Some(candidate) = now(b) {
+        let candidate = if overlap == UNKNOWN {
+            now(b)
+        } else {
+            similar(b, overlap, size, sizes)
+        };
+        if let Some(candidate) = candidate {
             if worst.is_none_or(|w| closer(&candidate, &w) == std::cmp::Ordering::Less) {
                 pool.push(candidate);
             }
