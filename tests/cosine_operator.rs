@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 
 type Membership = (u64, u64);
 
+/// Output updates of the operators.
+type Out = Vec<((u64, Similar<u64>), u64, isize)>;
+
 /// The batch top-k of every member, from the definition: overlaps through groups of at most
 /// `cap` members, set sizes over all groups, ranked by exact cosine, ties by smaller id.
 fn batch(memberships: &BTreeSet<Membership>, k: usize, cap: u64) -> BTreeSet<(u64, Similar<u64>)> {
@@ -55,12 +58,7 @@ fn batch(memberships: &BTreeSet<Membership>, k: usize, cap: u64) -> BTreeSet<(u6
 /// Runs the operators over `steps` (membership toggles per logical time, then a final time
 /// retracting everything) and returns the output updates and whether every worker's state
 /// was empty at the end.
-fn run(
-    workers: usize,
-    steps: &[Vec<Membership>],
-    k: usize,
-    cap: u64,
-) -> (Vec<((u64, Similar<u64>), u64, isize)>, bool) {
+fn run(workers: usize, steps: &[Vec<Membership>], k: usize, cap: u64) -> (Out, bool) {
     // The input updates per time: toggles against the current set; the last time empties it.
     let mut current: BTreeSet<Membership> = BTreeSet::new();
     let mut timed: Vec<(u64, Membership, isize)> = Vec::new();

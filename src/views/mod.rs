@@ -9,7 +9,6 @@
 
 pub mod cosine;
 pub mod engagement;
-pub mod in_place;
 pub mod rank;
 pub mod recommend;
 pub mod retention;
