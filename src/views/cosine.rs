@@ -410,7 +410,7 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                     }
                 }
             }
-            resized.push(member);
+            resized.push((member, diff));
         }
         for ((a, b), diff) in pairs {
             let subject = self.subjects.entry(a).or_default();
@@ -437,14 +437,33 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
             }
             dirty.entry(a).or_default().push((b, UNKNOWN));
         }
-        for member in resized {
+        for (member, diff) in resized {
             if self.subjects.contains_key(&member) {
                 dirty.entry(member).or_default();
             }
-            if let Some(back) = self.reverse.get(&member) {
-                for (a, overlap) in back {
-                    dirty.entry(*a).or_default().push((member, *overlap));
+            let Some(back) = self.reverse.get(&member) else {
+                continue;
+            };
+            let size = self.sizes.get(&member).copied().unwrap_or(0);
+            for (a, &overlap) in back {
+                // A smaller set (a forget) raises the member's cosine with everyone: it matters
+                // to `a` only if it is in `a`'s top k (then it beats `a`'s worst entry, or is
+                // it) or now beats that entry. A candidate that does not can never enter: every
+                // entry of `a`'s top k that does not get worse still ranks before it, and if
+                // one gets worse, `rerank` rescans every candidate anyway.
+                if diff < 0 && size > 0 {
+                    let worst = self
+                        .subjects
+                        .get(a)
+                        .filter(|s| s.top.len() >= k)
+                        .and_then(|s| s.top.last());
+                    if let Some(w) = worst {
+                        if w.neighbour != member && !beats(overlap, size, member, w) {
+                            continue;
+                        }
+                    }
                 }
+                dirty.entry(*a).or_default().push((member, overlap));
             }
         }
         let mut out = Vec::new();
@@ -463,6 +482,15 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
         }
         out
     }
+}
+
+/// Whether candidate `b` with `overlap` and set size `size` ranks before the entry `w` of the
+/// same member (cosines compared without the member's own size, a common factor).
+fn beats<M: Ord>(overlap: i64, size: u64, b: M, w: &Similar<M>) -> bool {
+    let overlap = overlap.max(0) as u64;
+    let lhs = u128::from(overlap).pow(2) * u128::from(w.neighbour_size);
+    let rhs = u128::from(w.overlap).pow(2) * u128::from(size);
+    lhs > rhs || (lhs == rhs && b < w.neighbour)
 }
 
 /// A changed candidate's overlap that is to be read from the member's candidates.
