@@ -27,7 +27,7 @@ use super::window::{sliding, Expiry};
 use super::Diff;
 use crate::event::{Event, Sym, UserId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,7 +60,8 @@ pub enum CatalogError {
 /// Item tags, for the content term: item symbol → sorted, distinct tag symbols.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
-    tags: BTreeMap<Sym, Vec<Sym>>,
+    /// Hashed, not ordered: `tags` is looked up for every candidate of every ranking.
+    tags: FxMap<Sym, Vec<Sym>>,
 }
 
 impl Catalog {
