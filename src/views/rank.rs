@@ -23,7 +23,7 @@
 //! [`RankState::records_naming`] counts what is held of given users for the runtime's audit.
 
 use super::cosine::FxHasher;
-use super::recommend::{rank_user, RankInput, RecommendParams, Recommendation};
+use super::recommend::{content_fixed, rank_user, RankInput, RecommendParams, Recommendation};
 use super::Diff;
 use crate::event::{Sym, UserId};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
@@ -58,6 +58,11 @@ struct UserRank {
     via: FxMap<Sym, i64>,
     /// The ranking last emitted.
     top: Vec<Recommendation>,
+    /// The content term of each candidate ranked so far, and the tag profile and its squared
+    /// norm it was computed from: both depend only on the user's own items, so they are kept
+    /// until those change (a neighbour change, e.g. a forget, leaves them valid).
+    content: FxMap<Sym, i64>,
+    profile: Option<(FxMap<Sym, i64>, i64)>,
 }
 
 /// The ranking state of one worker.
@@ -98,6 +103,7 @@ impl RankState {
         for (u, rank) in &ranks.users {
             if user(u) {
                 found += 1 + rank.inputs.len() + rank.via.len() + rank.top.len();
+                found += rank.content.len() + rank.profile.as_ref().map_or(0, |p| p.0.len());
             }
         }
         found
@@ -220,7 +226,13 @@ impl Ranks {
             }
             let rank = self.users.entry(user).or_default();
             match input {
-                ToRank::Input(value) => add(&mut rank.inputs, value, diff as i64),
+                ToRank::Input(value) => {
+                    if let RankInput::Own(_) = value {
+                        rank.content.clear();
+                        rank.profile = None;
+                    }
+                    add(&mut rank.inputs, value, diff as i64);
+                }
                 ToRank::Neighbour(v, w) => {
                     let delta = w * diff as i64;
                     if let Some(its) = self.items_of.get(&v) {
@@ -263,19 +275,7 @@ impl Ranks {
             let Entry::Occupied(mut rank) = self.users.entry(user) else {
                 continue;
             };
-            input.clear();
-            input.extend(rank.get().inputs.iter().map(|(v, r)| (*v, *r as Diff)));
-            input.extend(
-                rank.get()
-                    .via
-                    .iter()
-                    .map(|(item, sum)| (RankInput::Via(*item, *sum), 1)),
-            );
-            let mut new = if input.is_empty() {
-                Vec::new()
-            } else {
-                rank_user(&input, params)
-            };
+            let mut new = rank_cached(rank.get_mut(), params, &mut input);
             new.sort_unstable();
             let old = std::mem::replace(&mut rank.get_mut().top, new);
             let new = &rank.get().top;
@@ -308,4 +308,82 @@ impl Ranks {
         }
         changes
     }
+}
+
+/// [`rank_user`] over the user's inputs and `Via(i, via(u, i))` for every sum, with the content
+/// term of each candidate cached (see [`UserRank::content`]). Popularity rankings (cold users)
+/// go through `rank_user` itself.
+fn rank_cached(
+    rank: &mut UserRank,
+    params: &RecommendParams,
+    input: &mut Vec<(RankInput, Diff)>,
+) -> Vec<Recommendation> {
+    let UserRank {
+        inputs,
+        via,
+        content,
+        profile,
+        ..
+    } = rank;
+    let cold = inputs
+        .iter()
+        .any(|(v, r)| matches!(v, RankInput::Popular(..)) && *r > 0);
+    if cold {
+        input.clear();
+        input.extend(inputs.iter().map(|(v, r)| (*v, *r as Diff)));
+        input.extend(
+            via.iter()
+                .map(|(item, sum)| (RankInput::Via(*item, *sum), 1)),
+        );
+        return rank_user(input, params);
+    }
+    if params.n == 0 || via.is_empty() {
+        return Vec::new();
+    }
+    let present = |value: RankInput| inputs.get(&value).is_some_and(|c| *c > 0);
+    let catalog = params
+        .catalog
+        .as_ref()
+        .filter(|_| params.content_weight != 0);
+    if let (Some(catalog), None) = (catalog, profile.as_ref()) {
+        let mut tags: FxMap<Sym, i64> = FxMap::default();
+        for (value, copies) in inputs.iter() {
+            if let (RankInput::Own(item), true) = (value, *copies > 0) {
+                for tag in catalog.tags(*item) {
+                    *tags.entry(*tag).or_insert(0) += 1;
+                }
+            }
+        }
+        let norm_sq = tags.values().map(|c| c * c).sum::<i64>();
+        *profile = Some((tags, norm_sq));
+    }
+    let mut ranked: Vec<(i64, Sym)> = Vec::with_capacity(via.len());
+    for (&item, &cf) in via.iter() {
+        if present(RankInput::Own(item)) || present(RankInput::Dismissed(item)) {
+            continue;
+        }
+        let extra = match (catalog, profile.as_ref()) {
+            (Some(catalog), Some((tags, norm_sq))) => *content.entry(item).or_insert_with(|| {
+                let c = content_fixed(tags, *norm_sq, catalog.tags(item));
+                (i128::from(c) * i128::from(params.content_weight) / 1_000_000) as i64
+            }),
+            _ => 0,
+        };
+        ranked.push((cf + extra, item));
+    }
+    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    if ranked.len() > params.n {
+        ranked.select_nth_unstable_by(params.n - 1, order);
+        ranked.truncate(params.n);
+    }
+    ranked.sort_unstable_by(order);
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (score, item))| Recommendation {
+            rank: i as u32 + 1,
+            item,
+            score,
+        })
+        .collect()
 }
