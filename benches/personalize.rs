@@ -331,6 +331,13 @@ fn measure(
     }
     candidates.truncate(count);
     let mut latencies_ms = Vec::with_capacity(count);
+    // With PERSONALIZE_PHASES set, the forget phase's bounds on the monotonic clock (what
+    // `perf record -k CLOCK_MONOTONIC` stamps samples with), to profile it alone with
+    // `perf report --time START,END`.
+    let phases = std::env::var_os("PERSONALIZE_PHASES").is_some();
+    if phases {
+        eprintln!("forget phase starts at {:?}", Instant::now());
+    }
     for (i, user) in candidates.iter().enumerate() {
         let time = streamed_at + 1 + i as u64;
         let mut shards = vec![Vec::new(); workers];
@@ -340,6 +347,17 @@ fn measure(
         let start = Instant::now();
         runner.sync(Epoch { time, shards })?;
         latencies_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        if phases {
+            eprintln!(
+                "forget {i}: user {} with {} events, {:.2} ms",
+                user.0,
+                by_user[user].len(),
+                latencies_ms[i]
+            );
+        }
+    }
+    if phases {
+        eprintln!("forget phase ends at {:?}", Instant::now());
     }
     let usage = meter.finish();
     let as_of = (streamed_at + 1 + count as u64) as i64;

@@ -6,8 +6,11 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
-use crate::views::recommend::{recommendations_from, RecommendParams, Recommendation};
-use crate::views::similarity::{ItemSimilarityParams, Similar, SimilarityParams};
+use crate::views::recommend::{recommendations_with_state, RecommendParams, Recommendation};
+use crate::views::similarity::{
+    item_similarity_with_state, similarity_with_state, ItemSimilarityParams, Similar,
+    SimilarityParams,
+};
 use crate::views::window::Expiry;
 use crate::views::{self, segments, Diff, Engagement, RetentionSpec, Segment, Session};
 use differential_dataflow::input::InputSession;
@@ -230,6 +233,39 @@ impl<V: differential_dataflow::ExchangeData> AuditedTrace for UserKeyed<V> {
     }
 }
 
+/// Operator state that can hold user ids (the similarity operators' maps), audited like a
+/// trace: it keeps no history (entries leave the moment their count reaches zero), so there is
+/// nothing to compact or merge, and every entry found is live.
+struct InOperator {
+    name: String,
+    count: UserCounter,
+}
+
+/// Counts what a piece of operator state holds of some users (sorted ids).
+type UserCounter = Box<dyn Fn(&[UserId]) -> usize>;
+
+impl AuditedTrace for InOperator {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compact_to(&mut self, _time: u64) {}
+
+    fn records_of(&mut self, users: &[UserId]) -> Residue {
+        let mut sorted = users.to_vec();
+        sorted.sort_unstable();
+        let found = (self.count)(&sorted);
+        Residue {
+            live: found,
+            physical: found,
+        }
+    }
+
+    fn batches(&self) -> usize {
+        0
+    }
+}
+
 /// The event type of the purge pulse: events the runtime inserts after the snapshot time and
 /// retracts again, so that every arrangement receives one more non-empty batch and idle merging
 /// rewrites it under the compaction frontier, which drops the cancelled updates of forgotten
@@ -314,7 +350,13 @@ pub fn build_views<'s>(
         );
     }
     if let Some(params) = &config.similarity {
-        let neighbours = views::similarity(events.clone(), params);
+        let (neighbours, state) = similarity_with_state(events.clone(), params);
+        audited.push(Box::new(InOperator {
+            name: "similarity_operators".into(),
+            count: Box::new(move |users| {
+                state.records_naming(|_item| false, |u| users.binary_search(u).is_ok())
+            }),
+        }));
         if config.similarity_table {
             let placeholder = Similar {
                 neighbour: UserId(0),
@@ -335,15 +377,30 @@ pub fn build_views<'s>(
             );
         }
         if let Some(items) = &config.item_similarity {
-            outputs.push(
-                views::item_similarity(events.clone(), params, items)
-                    .map(|(item, s)| Row::ItemNeighbour(item, s)),
-            );
+            let (neighbours, state) = item_similarity_with_state(events.clone(), params, items);
+            audited.push(Box::new(InOperator {
+                name: "item_similarity_operators".into(),
+                count: Box::new(move |users| {
+                    state.records_naming(|u| users.binary_search(u).is_ok(), |_item| false)
+                }),
+            }));
+            outputs.push(neighbours.map(|(item, s)| Row::ItemNeighbour(item, s)));
         }
         if let Some(recommend) = &config.recommendations {
-            let arranged =
-                recommendations_from(events.clone(), neighbours, params, recommend, expiry_at)
-                    .arrange_by_key_named("Recommendations");
+            let (recommended, state) = recommendations_with_state(
+                events.clone(),
+                neighbours,
+                params,
+                recommend,
+                expiry_at,
+            );
+            audited.push(Box::new(InOperator {
+                name: "recommendation_inputs".into(),
+                count: Box::new(move |users| {
+                    state.records_naming(|u| users.binary_search(u).is_ok())
+                }),
+            }));
+            let arranged = recommended.arrange_by_key_named("Recommendations");
             audited.push(Box::new(UserKeyed {
                 name: "recommendations".into(),
                 trace: arranged.trace.clone(),

@@ -73,9 +73,10 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> Audit {
         .collect();
     runner.sync(epoch(30_000, workers, retractions)).unwrap();
     let finished = runner.finish(30_000, audit_for).unwrap();
-    // user_times, sessions, engagement, segment memberships, similarity and recommendations
-    // on every worker.
-    assert_eq!(finished.audit.traces, 6 * workers);
+    // user_times, sessions, engagement, segment memberships, similarity, recommendations and
+    // the in-place state of the similarity operators and of the recommendation ranking, on
+    // every worker.
+    assert_eq!(finished.audit.traces, 8 * workers);
     // The views no longer mention forgotten users, and still mention the others.
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {

@@ -7,8 +7,10 @@
 //!
 //! [`Event`]: crate::event::Event
 
+pub mod cosine;
 pub mod engagement;
 pub mod fold;
+pub mod rank;
 pub mod recommend;
 pub mod retention;
 pub mod segments;

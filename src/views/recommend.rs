@@ -18,6 +18,8 @@
 //! [`similarity`]: super::similarity::similarity
 //! [`cosine_fixed`]: super::similarity::cosine_fixed
 
+use super::cosine::FxHasher;
+use super::rank::{rank_users, Ranked, ToRank};
 use super::similarity::{
     interactions, similarity, Interactions, Similar, SimilarityParams, SCORE_SCALE,
 };
@@ -25,7 +27,8 @@ use super::window::{sliding, Expiry};
 use super::Diff;
 use crate::event::{Event, Sym, UserId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -57,7 +60,8 @@ pub enum CatalogError {
 /// Item tags, for the content term: item symbol → sorted, distinct tag symbols.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
-    tags: BTreeMap<Sym, Vec<Sym>>,
+    /// Hashed, not ordered: `tags` is looked up for every candidate of every ranking.
+    tags: FxMap<Sym, Vec<Sym>>,
 }
 
 impl Catalog {
@@ -152,6 +156,8 @@ impl Catalog {
     }
 }
 
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 /// Parameters of the recommendations view.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecommendParams {
@@ -206,7 +212,11 @@ pub enum RankInput {
 /// assert_eq!(content_fixed(&profile, 1, &[a]), 1_000_000_000_000);
 /// assert_eq!(content_fixed(&profile, 1, &[a, b]), 707_106_781_187);
 /// ```
-pub fn content_fixed(profile: &HashMap<Sym, i64>, norm_sq: i64, tags: &[Sym]) -> i64 {
+pub fn content_fixed<S: BuildHasher>(
+    profile: &HashMap<Sym, i64, S>,
+    norm_sq: i64,
+    tags: &[Sym],
+) -> i64 {
     let dot: i64 = tags.iter().filter_map(|t| profile.get(t)).sum();
     if dot == 0 || norm_sq == 0 {
         return 0;
@@ -217,27 +227,33 @@ pub fn content_fixed(profile: &HashMap<Sym, i64>, norm_sq: i64, tags: &[Sym]) ->
 
 /// Ranks one user's recommendations from everything the dataflow gathered for them (also
 /// usable on its own): popularity when `Popular` inputs are present, else the neighbours' items.
+///
+/// It runs for every user whose inputs change (hundreds per forget), over ~1,000 candidate
+/// items each, so it uses hash maps and sorted vectors and selects the best `n` before sorting
+/// them; the ranking is a total order (score, then item), so the result is the same as sorting
+/// every candidate.
 pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<Recommendation> {
-    let mut own = BTreeSet::new();
-    let mut dismissed = BTreeSet::new();
-    let mut via: BTreeMap<Sym, i64> = BTreeMap::new();
+    let mut own: Vec<Sym> = Vec::new();
+    let mut dismissed: Vec<Sym> = Vec::new();
+    let mut via: FxMap<Sym, i64> = FxMap::default();
     let mut popular = Vec::new();
     for (value, copies) in input {
         if *copies <= 0 {
             continue;
         }
         match *value {
-            RankInput::Own(item) => {
-                own.insert(item);
-            }
-            RankInput::Dismissed(item) => {
-                dismissed.insert(item);
-            }
+            RankInput::Own(item) => own.push(item),
+            RankInput::Dismissed(item) => dismissed.push(item),
             RankInput::Via(item, w) => *via.entry(item).or_insert(0) += w * *copies as i64,
             RankInput::Popular(rank, item, users) => popular.push((rank, item, users)),
         }
     }
-    let fresh = |item: &Sym| !own.contains(item) && !dismissed.contains(item);
+    own.sort_unstable();
+    own.dedup();
+    dismissed.sort_unstable();
+    dismissed.dedup();
+    let fresh =
+        |item: &Sym| own.binary_search(item).is_err() && dismissed.binary_search(item).is_err();
     let mut ranked: Vec<(i64, Sym)> = if !popular.is_empty() {
         popular.sort();
         popular
@@ -252,7 +268,7 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
             .as_ref()
             .filter(|_| params.content_weight != 0)
             .map(|catalog| {
-                let mut profile: HashMap<Sym, i64> = HashMap::new();
+                let mut profile: FxMap<Sym, i64> = FxMap::default();
                 for item in &own {
                     for tag in catalog.tags(*item) {
                         *profile.entry(*tag).or_insert(0) += 1;
@@ -272,10 +288,17 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
             })
             .collect()
     };
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    if params.n == 0 {
+        return Vec::new();
+    }
+    if ranked.len() > params.n {
+        ranked.select_nth_unstable_by(params.n - 1, order);
+        ranked.truncate(params.n);
+    }
+    ranked.sort_unstable_by(order);
     ranked
         .into_iter()
-        .take(params.n)
         .enumerate()
         .map(|(i, (score, item))| Recommendation {
             rank: i as u32 + 1,
@@ -325,6 +348,18 @@ pub fn recommendations_from<'s>(
     params: &RecommendParams,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (UserId, Recommendation), Diff> {
+    recommendations_with_state(events, neighbours, similar, params, expiry_at).0
+}
+
+/// [`recommendations_from`], with a handle on the per-user ranking state (keyed by user) for
+/// the forget audit.
+pub fn recommendations_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    neighbours: VecCollection<'s, u64, (UserId, Similar<UserId>), Diff>,
+    similar: &SimilarityParams,
+    params: &RecommendParams,
+    expiry_at: &Expiry<'s>,
+) -> Ranked<'s> {
     let own = interactions(events.clone(), &similar.interactions).arrange_by_key_named("OwnItems");
     let dismissed = match params.dismiss {
         Some(kind) => events
@@ -337,16 +372,11 @@ pub fn recommendations_from<'s>(
             .distinct(),
         None => events.clone().flat_map(|_| None::<(UserId, Sym)>),
     };
-    // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine. The
-    // weight travels as the multiplicity, so `count` sums it per (user, item) incrementally, and
-    // the per-user ranking below reads one value per candidate item, not one per neighbour.
-    let via = neighbours
+    // Personal candidates: the items of each neighbour, weighted by the neighbour's cosine,
+    // summed per (user, item) in place by the ranking operator (see `rank`).
+    let weights = neighbours
         .clone()
-        .map(|(user, s)| (s.neighbour, (user, s.fixed())))
-        .join_core(own.clone(), |_v, &(user, w), &item| Some(((user, item), w)))
-        .explode(|(candidate, w)| Some((candidate, w as Diff)))
-        .count()
-        .map(|((user, item), score)| (user, RankInput::Via(item, score as i64)));
+        .map(|(user, s)| (user, ToRank::Neighbour(s.neighbour, s.fixed())));
     // Cold users: any event, and no neighbour (opted-out users have none).
     let users = events.clone().map(|e| (e.user, ())).distinct();
     let with_neighbours = neighbours.map(|(user, _)| user).distinct();
@@ -394,16 +424,10 @@ pub fn recommendations_from<'s>(
         Some((user, RankInput::Popular(rank, item, users)))
     });
     let inputs = own
-        .as_collection(|u, i| (*u, RankInput::Own(*i)))
-        .concat(dismissed.map(|(u, i)| (u, RankInput::Dismissed(i))))
-        .concat(via)
-        .concat(popular);
-    let params = params.clone();
-    inputs.reduce_named(
-        "RankUser",
-        move |_user, input: &[(&RankInput, Diff)], output: &mut Vec<(Recommendation, Diff)>| {
-            let input: Vec<(RankInput, Diff)> = input.iter().map(|(v, r)| (**v, *r)).collect();
-            output.extend(rank_user(&input, &params).into_iter().map(|r| (r, 1)));
-        },
-    )
+        .clone()
+        .as_collection(|u, i| (*u, ToRank::Input(RankInput::Own(*i))))
+        .concat(dismissed.map(|(u, i)| (u, ToRank::Input(RankInput::Dismissed(i)))))
+        .concat(popular.map(|(u, p)| (u, ToRank::Input(p))))
+        .concat(weights);
+    rank_users(inputs, own.as_collection(|u, i| (*u, *i)), params)
 }

@@ -11,7 +11,8 @@
 //! arrival order can change a ranking. Scores leave the dataflow as the fixed-point integer
 //! [`cosine_fixed`] and are printed with 6 decimals.
 //!
-//! Pairs are generated through shared items (a self-join of the `(item, user)` arrangement).
+//! Pairs are generated through shared items, and the top `k` kept in place, by the operators of
+//! [`super::cosine`].
 //! Items with more than `max_item_users` users generate no pairs (they still count in `|I_u|`):
 //! a self-join costs the square of a group's size, and items everyone has carry little signal.
 //! The item-item view caps users with more than `max_user_items` items the same way.
@@ -19,6 +20,7 @@
 //! Consent: a user whose latest opt-out/opt-in event is an opt-out ([`opted_out`]) is in neither
 //! side of the user-user or item-item similarity; their events still count elsewhere.
 
+use super::cosine::{top_k_cosine_with_state, CosineState, Neighbours};
 use super::Diff;
 use crate::event::{Event, Sym, UserId, Value};
 use differential_dataflow::{ExchangeData, VecCollection};
@@ -211,7 +213,8 @@ pub fn similarity_interactions<'s>(
 
 /// Top-`k` cosine neighbours of every member over group memberships `(group, member)` (a set):
 /// members are similar when they share groups. Groups with more than `max_group` members
-/// generate no pairs. The core of both similarity views.
+/// generate no pairs. The core of both similarity views, maintained in place by the operators
+/// of [`super::cosine`].
 pub fn top_k_cosine<'s, G, M>(
     memberships: VecCollection<'s, u64, (G, M), Diff>,
     k: usize,
@@ -221,59 +224,7 @@ where
     G: ExchangeData + std::hash::Hash,
     M: ExchangeData + std::hash::Hash + Copy,
 {
-    let sizes = memberships
-        .clone()
-        .map(|(_, member)| member)
-        .count()
-        .map(|(member, n)| (member, n as u64))
-        .arrange_by_key_named("SetSizes");
-    let small = memberships
-        .clone()
-        .map(|(group, _)| group)
-        .count()
-        .flat_map(move |(group, n)| (n as u64 <= max_group).then_some(group));
-    let capped = memberships
-        .semijoin(small)
-        .arrange_by_key_named("GroupMembers");
-    let overlaps = capped
-        .clone()
-        .join_core(capped, |_group, a: &M, b: &M| (a != b).then_some((*a, *b)))
-        .count();
-    overlaps
-        .map(|((a, b), overlap)| (a, (b, overlap as u64)))
-        .join_core(sizes.clone(), |a, &(b, overlap), &size| {
-            Some((b, (*a, overlap, size)))
-        })
-        .join_core(sizes, |b, &(a, overlap, size), &neighbour_size| {
-            Some((
-                a,
-                Similar {
-                    neighbour: *b,
-                    overlap,
-                    size,
-                    neighbour_size,
-                },
-            ))
-        })
-        .reduce_named(
-            "TopK",
-            move |_member, input: &[(&Similar<M>, Diff)], output: &mut Vec<(Similar<M>, Diff)>| {
-                let mut candidates: Vec<Similar<M>> = input
-                    .iter()
-                    .filter(|(_, r)| *r > 0)
-                    .map(|(s, _)| **s)
-                    .collect();
-                let k = k.min(candidates.len());
-                if k == 0 {
-                    return;
-                }
-                if k < candidates.len() {
-                    candidates.select_nth_unstable_by(k - 1, closer);
-                    candidates.truncate(k);
-                }
-                output.extend(candidates.into_iter().map(|s| (s, 1)));
-            },
-        )
+    top_k_cosine_with_state(memberships, k, max_group).0
 }
 
 /// User-user similarity: the top `params.k` neighbours `(user, Similar { neighbour, .. })` of
@@ -314,8 +265,17 @@ pub fn similarity<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     params: &SimilarityParams,
 ) -> VecCollection<'s, u64, (UserId, Similar<UserId>), Diff> {
+    similarity_with_state(events, params).0
+}
+
+/// [`similarity`], with a handle on its operators' state (groups are items, members users) for
+/// the forget audit.
+pub fn similarity_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    params: &SimilarityParams,
+) -> (Neighbours<'s, UserId>, CosineState<Sym, UserId>) {
     let by_item = similarity_interactions(events, params).map(|(user, item)| (item, user));
-    top_k_cosine(by_item, params.k, params.max_item_users)
+    top_k_cosine_with_state(by_item, params.k, params.max_item_users)
 }
 
 /// Item-item similarity ("people who interacted with this also interacted with"): the top
@@ -326,7 +286,17 @@ pub fn item_similarity<'s>(
     params: &SimilarityParams,
     item: &ItemSimilarityParams,
 ) -> VecCollection<'s, u64, (Sym, Similar<Sym>), Diff> {
-    top_k_cosine(
+    item_similarity_with_state(events, params, item).0
+}
+
+/// [`item_similarity`], with a handle on its operators' state (groups are users, members items)
+/// for the forget audit.
+pub fn item_similarity_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    params: &SimilarityParams,
+    item: &ItemSimilarityParams,
+) -> (Neighbours<'s, Sym>, CosineState<UserId, Sym>) {
+    top_k_cosine_with_state(
         similarity_interactions(events, params),
         item.k,
         item.max_user_items,
