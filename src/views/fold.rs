@@ -230,3 +230,38 @@ fn emit_changes<O: Ord + Clone>(before: &mut [O], after: &mut [O], mut give: imp
         give(row, diff);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key whose updates are all retracted leaves the state at the settle of that round, and
+    /// its rows are retracted.
+    #[test]
+    fn a_key_back_at_empty_is_dropped() {
+        let mut keys: Keys<u64, i64, u64> = Keys::default();
+        let mut update = |count: &mut i64, _: &(), diff: Diff| *count += diff as i64;
+        let mut rows = |key: &u64, count: &i64, rows: &mut Vec<u64>| {
+            if *count > 0 {
+                rows.push(*key);
+            }
+        };
+        let mut given = Vec::new();
+        for key in [1, 2, 1] {
+            keys.apply(key, &(), 1, &mut update, &mut rows);
+        }
+        keys.settle(&mut rows, |row, diff| given.push((row, diff)));
+        given.sort();
+        assert_eq!(given, vec![(1, 1), (2, 1)]);
+        assert_eq!(keys.states.len(), 2);
+        given.clear();
+        for key in [1, 1, 2] {
+            keys.apply(key, &(), -1, &mut update, &mut rows);
+        }
+        keys.settle(&mut rows, |row, diff| given.push((row, diff)));
+        given.sort();
+        assert_eq!(given, vec![(1, -1), (2, -1)]);
+        assert!(keys.states.is_empty(), "no state is left of retracted keys");
+        assert!(keys.touched.is_empty() && keys.before.is_empty());
+    }
+}
