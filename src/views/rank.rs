@@ -23,7 +23,9 @@
 //! [`RankState::records_naming`] counts what is held of given users for the runtime's audit.
 
 use super::cosine::FxHasher;
-use super::recommend::{content_fixed, rank_user, RankInput, RecommendParams, Recommendation};
+use super::recommend::{
+    rank_user, top_n, weighted_content, RankInput, RecommendParams, Recommendation,
+};
 use super::Diff;
 use crate::event::{Sym, UserId};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
@@ -364,26 +366,11 @@ fn rank_cached(
         }
         let extra = match (catalog, profile.as_ref()) {
             (Some(catalog), Some((tags, norm_sq))) => *content.entry(item).or_insert_with(|| {
-                let c = content_fixed(tags, *norm_sq, catalog.tags(item));
-                (i128::from(c) * i128::from(params.content_weight) / 1_000_000) as i64
+                weighted_content(tags, *norm_sq, catalog.tags(item), params.content_weight)
             }),
             _ => 0,
         };
         ranked.push((cf + extra, item));
     }
-    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
-    if ranked.len() > params.n {
-        ranked.select_nth_unstable_by(params.n - 1, order);
-        ranked.truncate(params.n);
-    }
-    ranked.sort_unstable_by(order);
-    ranked
-        .into_iter()
-        .enumerate()
-        .map(|(i, (score, item))| Recommendation {
-            rank: i as u32 + 1,
-            item,
-            score,
-        })
-        .collect()
+    top_n(ranked, params.n)
 }

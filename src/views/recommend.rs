@@ -225,6 +225,41 @@ pub fn content_fixed<S: BuildHasher>(
     (cosine * SCORE_SCALE as f64).round() as i64
 }
 
+/// The hybrid term of one candidate: `content_weight` (in millionths) times
+/// [`content_fixed`], in the fixed point of scores.
+pub(crate) fn weighted_content<S: BuildHasher>(
+    profile: &HashMap<Sym, i64, S>,
+    norm_sq: i64,
+    tags: &[Sym],
+    content_weight: i64,
+) -> i64 {
+    let cosine = content_fixed(profile, norm_sq, tags);
+    (i128::from(cosine) * i128::from(content_weight) / 1_000_000) as i64
+}
+
+/// The first `n` of `ranked` (score, item) by score descending, ties by item ascending, ranked
+/// from 1.
+pub(crate) fn top_n(mut ranked: Vec<(i64, Sym)>, n: usize) -> Vec<Recommendation> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+    if ranked.len() > n {
+        ranked.select_nth_unstable_by(n - 1, order);
+        ranked.truncate(n);
+    }
+    ranked.sort_unstable_by(order);
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (score, item))| Recommendation {
+            rank: i as u32 + 1,
+            item,
+            score,
+        })
+        .collect()
+}
+
 /// Ranks one user's recommendations from everything the dataflow gathered for them (also
 /// usable on its own): popularity when `Popular` inputs are present, else the neighbours' items.
 ///
@@ -254,7 +289,7 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
     dismissed.dedup();
     let fresh =
         |item: &Sym| own.binary_search(item).is_err() && dismissed.binary_search(item).is_err();
-    let mut ranked: Vec<(i64, Sym)> = if !popular.is_empty() {
+    let ranked: Vec<(i64, Sym)> = if !popular.is_empty() {
         popular.sort();
         popular
             .into_iter()
@@ -281,31 +316,13 @@ pub fn rank_user(input: &[(RankInput, Diff)], params: &RecommendParams) -> Vec<R
             .filter(|(item, _)| fresh(item))
             .map(|(item, cf)| {
                 let extra = content.as_ref().map_or(0, |(catalog, profile, norm_sq)| {
-                    let c = content_fixed(profile, *norm_sq, catalog.tags(item));
-                    (i128::from(c) * i128::from(params.content_weight) / 1_000_000) as i64
+                    weighted_content(profile, *norm_sq, catalog.tags(item), params.content_weight)
                 });
                 (cf + extra, item)
             })
             .collect()
     };
-    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
-    if params.n == 0 {
-        return Vec::new();
-    }
-    if ranked.len() > params.n {
-        ranked.select_nth_unstable_by(params.n - 1, order);
-        ranked.truncate(params.n);
-    }
-    ranked.sort_unstable_by(order);
-    ranked
-        .into_iter()
-        .enumerate()
-        .map(|(i, (score, item))| Recommendation {
-            rank: i as u32 + 1,
-            item,
-            score,
-        })
-        .collect()
+    top_n(ranked, params.n)
 }
 
 /// Item popularity `(item, users)`: distinct users with an interaction on the item within the
