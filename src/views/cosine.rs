@@ -40,10 +40,11 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
 
 /// A fast hasher for the small integer keys of the operator state (the FxHash function, with
 /// rustc-hash 2's final rotation): iteration order never reaches an output (outputs are sets,
@@ -242,51 +243,72 @@ where
         },
     );
     let ranking = state.ranking.clone();
-    let top = pairs
-        .binary_frontier(
-            sizes,
-            Exchange::new(|((a, _), _, _): &((M, M), u64, Diff)| a.hashed()),
-            Pipeline,
-            "CosineTopK",
-            move |_, _| {
-                type Pending<M> = (Capability<u64>, Vec<((M, M), Diff)>, Vec<(M, Diff)>);
-                let mut pending: BTreeMap<u64, Pending<M>> = BTreeMap::new();
-                move |(pairs, pairs_frontier), (sizes, sizes_frontier), output| {
-                    pairs.for_each(|cap, batch| {
-                        for (pair, time, diff) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
-                                .1
-                                .push((pair, diff));
-                        }
-                    });
-                    sizes.for_each(|cap, batch| {
-                        for (member, time, diff) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
-                                .2
-                                .push((member, diff));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if pairs_frontier.less_equal(&time) || sizes_frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, pairs, sizes) = entry.remove();
-                        let changes = ranking.borrow_mut().apply(pairs, sizes, k);
-                        let mut session = output.session(&cap);
-                        for (record, diff) in changes {
-                            session.give((record, time, diff));
-                        }
-                    }
-                }
-            },
-        )
-        .as_collection();
+    let top = in_time_order(
+        pairs,
+        sizes,
+        Exchange::new(|((a, _), _, _): &((M, M), u64, Diff)| a.hashed()),
+        Pipeline,
+        "CosineTopK",
+        move |pairs, sizes| ranking.borrow_mut().apply(pairs, sizes, k),
+    )
+    .as_collection();
     (top, state)
+}
+
+/// Two update streams gathered per logical time and handed to `logic` one time at a time, in
+/// time order, once neither input can still bring an update at or before that time; `logic`
+/// returns the output changes at that time. For the `u64` logical time of behave dataflows.
+pub(crate) fn in_time_order<'s, A, B, O, PA, PB, F>(
+    left: StreamVec<'s, u64, (A, u64, Diff)>,
+    right: StreamVec<'s, u64, (B, u64, Diff)>,
+    left_pact: PA,
+    right_pact: PB,
+    name: &str,
+    mut logic: F,
+) -> StreamVec<'s, u64, (O, u64, Diff)>
+where
+    A: Clone + 'static,
+    B: Clone + 'static,
+    O: Clone + 'static,
+    PA: ParallelizationContract<u64, Vec<(A, u64, Diff)>>,
+    PB: ParallelizationContract<u64, Vec<(B, u64, Diff)>>,
+    F: FnMut(Vec<(A, Diff)>, Vec<(B, Diff)>) -> Vec<(O, Diff)> + 'static,
+{
+    left.binary_frontier(right, left_pact, right_pact, name, move |_, _| {
+        type Held<A, B> = (Capability<u64>, Vec<(A, Diff)>, Vec<(B, Diff)>);
+        let mut pending: BTreeMap<u64, Held<A, B>> = BTreeMap::new();
+        move |(left, left_frontier), (right, right_frontier), output| {
+            left.for_each(|cap, batch| {
+                for (record, time, diff) in batch.drain(..) {
+                    pending
+                        .entry(time)
+                        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
+                        .1
+                        .push((record, diff));
+                }
+            });
+            right.for_each(|cap, batch| {
+                for (record, time, diff) in batch.drain(..) {
+                    pending
+                        .entry(time)
+                        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
+                        .2
+                        .push((record, diff));
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if left_frontier.less_equal(&time) || right_frontier.less_equal(&time) {
+                    break;
+                }
+                let (cap, left, right) = entry.remove();
+                let mut session = output.session(&cap);
+                for (record, diff) in logic(left, right) {
+                    session.give((record, time, diff));
+                }
+            }
+        }
+    })
 }
 
 /// Applies one time's membership changes to `groups` and returns the overlap changes they

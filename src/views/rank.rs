@@ -22,7 +22,7 @@
 //! forgotten user's retracted items and neighbour records leave no state behind;
 //! [`RankState::records_naming`] counts what is held of given users for the runtime's audit.
 
-use super::cosine::FxHasher;
+use super::cosine::{in_time_order, FxHasher};
 use super::recommend::{
     rank_user, top_n, weighted_content, RankInput, RecommendParams, Recommendation,
 };
@@ -32,13 +32,11 @@ use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash};
 use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::Capability;
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
@@ -122,13 +120,6 @@ impl RankState {
     }
 }
 
-/// Updates held until both input frontiers pass their time, with the capability to emit then.
-type Held = (
-    Capability<u64>,
-    Vec<((UserId, ToRank), Diff)>,
-    Vec<((UserId, Sym), Diff)>,
-);
-
 /// The output of [`rank_users`] and a handle on its state.
 pub type Ranked<'s> = (
     VecCollection<'s, u64, (UserId, Recommendation), Diff>,
@@ -148,50 +139,15 @@ pub fn rank_users<'s>(
     };
     let ranks = state.ranks.clone();
     let params = params.clone();
-    let output = to_rank
-        .inner
-        .binary_frontier(
-            items.inner.broadcast(),
-            Exchange::new(|((user, _), _, _): &((UserId, ToRank), u64, Diff)| user.hashed()),
-            Pipeline,
-            "RankUsers",
-            move |_, _| {
-                let mut pending: BTreeMap<u64, Held> = BTreeMap::new();
-                move |(inputs, inputs_frontier), (items, items_frontier), output| {
-                    inputs.for_each(|cap, batch| {
-                        for (record, time, diff) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
-                                .1
-                                .push((record, diff));
-                        }
-                    });
-                    items.for_each(|cap, batch| {
-                        for (record, time, diff) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()))
-                                .2
-                                .push((record, diff));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if inputs_frontier.less_equal(&time) || items_frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, inputs, items) = entry.remove();
-                        let changes = ranks.borrow_mut().apply(inputs, items, &params);
-                        let mut session = output.session(&cap);
-                        for (record, diff) in changes {
-                            session.give((record, time, diff));
-                        }
-                    }
-                }
-            },
-        )
-        .as_collection();
+    let output = in_time_order(
+        to_rank.inner,
+        items.inner.broadcast(),
+        Exchange::new(|((user, _), _, _): &((UserId, ToRank), u64, Diff)| user.hashed()),
+        Pipeline,
+        "RankUsers",
+        move |inputs, items| ranks.borrow_mut().apply(inputs, items, &params),
+    )
+    .as_collection();
     (output, state)
 }
 
