@@ -323,13 +323,8 @@ fn measure(
         by_user.entry(e.user).or_default().push(e.clone());
     }
     let mut candidates: Vec<UserId> = by_user.keys().copied().collect();
-    let mut rng = Rng(FORGET_SEED);
-    let count = forgets.min(candidates.len());
-    for i in 0..count {
-        let j = i + rng.below((candidates.len() - i) as u64) as usize;
-        candidates.swap(i, j);
-    }
-    candidates.truncate(count);
+    Rng(FORGET_SEED).choose(&mut candidates, forgets);
+    let count = candidates.len();
     let mut latencies_ms = Vec::with_capacity(count);
     // With PERSONALIZE_PHASES set, the forget phase's bounds on the monotonic clock (what
     // `perf record -k CLOCK_MONOTONIC` stamps samples with), to profile it alone with

@@ -75,6 +75,16 @@ impl Rng {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
+    /// Keeps `count` of `items` (all if fewer), chosen uniformly at random, in random order.
+    pub fn choose<T>(&mut self, items: &mut Vec<T>, count: usize) {
+        let count = count.min(items.len());
+        for i in 0..count {
+            let j = i + self.below((items.len() - i) as u64) as usize;
+            items.swap(i, j);
+        }
+        items.truncate(count);
+    }
+
     /// Exponentially distributed with the given mean.
     pub fn exponential(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
@@ -346,13 +356,7 @@ pub fn forget_targets(rows: &[Row], users: u32, count: usize) -> Vec<u32> {
     let mut active: Vec<u32> = (0..users)
         .filter(|&u| per_user[u as usize] > 0 && u != heaviest)
         .collect();
-    let mut rng = Rng(FORGET_SEED);
-    let count = count.min(active.len());
-    for i in 0..count {
-        let j = i + rng.below((active.len() - i) as u64) as usize;
-        active.swap(i, j);
-    }
-    active.truncate(count);
+    Rng(FORGET_SEED).choose(&mut active, count);
     active.push(heaviest);
     active
 }

@@ -33,7 +33,7 @@
 //! the runtime adds to its end-of-run audit.
 
 use super::similarity::{closer, Similar};
-use super::Diff;
+use super::{sorted_changes, Diff};
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -641,26 +641,5 @@ fn emit_difference<M: Ord + Copy>(
     let mut new = new.to_vec();
     old.sort_unstable();
     new.sort_unstable();
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
-            (Some(x), Some(y)) if x == y => {
-                i += 1;
-                j += 1;
-            }
-            (Some(x), Some(y)) if x < y => {
-                out.push(((a, *x), -1));
-                i += 1;
-            }
-            (Some(x), None) => {
-                out.push(((a, *x), -1));
-                i += 1;
-            }
-            (_, Some(y)) => {
-                out.push(((a, *y), 1));
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
+    sorted_changes(&old, &new, |s, diff| out.push(((a, s), diff)));
 }

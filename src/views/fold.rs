@@ -13,7 +13,7 @@
 //! A key whose summary returns to its empty (default) value is dropped at once, so the state
 //! holds nothing of a key whose updates were all retracted, e.g. a forgotten user.
 
-use super::Diff;
+use super::{sorted_changes, Diff};
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -214,21 +214,13 @@ where
 
 /// Calls `give(row, diff)` for every row whose multiplicity differs between `before` and
 /// `after`, with the difference (both are sorted here).
-fn emit_changes<O: Ord + Clone>(before: &mut [O], after: &mut [O], mut give: impl FnMut(O, Diff)) {
+fn emit_changes<O: Ord + Clone>(before: &mut [O], after: &mut [O], give: impl FnMut(O, Diff)) {
     if before == after {
         return;
     }
     before.sort();
     after.sort();
-    let mut changes: Vec<(O, Diff)> = before
-        .iter()
-        .map(|row| (row.clone(), -1))
-        .chain(after.iter().map(|row| (row.clone(), 1)))
-        .collect();
-    differential_dataflow::consolidation::consolidate(&mut changes);
-    for (row, diff) in changes {
-        give(row, diff);
-    }
+    sorted_changes(before, after, give);
 }
 
 #[cfg(test)]

@@ -60,3 +60,38 @@ where
 {
     arranged.as_collection(|k: &K, v: &V| (k.clone(), v.clone()))
 }
+
+/// Calls `give(x, -1)` for each element of `old` and `give(y, 1)` for each element of `new`
+/// that the other does not match one for one: the change from the multiset `old` to `new`,
+/// both sorted, in ascending order.
+///
+/// ```
+/// use behave::views::sorted_changes;
+/// let mut changes = Vec::new();
+/// sorted_changes(&[1, 2, 2, 5], &[2, 3, 5], |x, diff| changes.push((x, diff)));
+/// assert_eq!(changes, vec![(1, -1), (2, -1), (3, 1)]);
+/// ```
+pub fn sorted_changes<T: Ord + Clone>(old: &[T], new: &[T], mut give: impl FnMut(T, Diff)) {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i), new.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x > y => {
+                give(y.clone(), 1);
+                j += 1;
+            }
+            (Some(x), _) => {
+                give(x.clone(), -1);
+                i += 1;
+            }
+            (None, Some(y)) => {
+                give(y.clone(), 1);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+}

@@ -26,7 +26,7 @@ use super::cosine::{in_time_order, FxHasher};
 use super::recommend::{
     rank_user, top_n, weighted_content, RankInput, RecommendParams, Recommendation,
 };
-use super::Diff;
+use super::{sorted_changes, Diff};
 use crate::event::{Sym, UserId};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -236,29 +236,9 @@ impl Ranks {
             let mut new = rank_cached(rank.get_mut(), params, &mut input);
             new.sort_unstable();
             let old = std::mem::replace(&mut rank.get_mut().top, new);
-            let new = &rank.get().top;
-            let (mut i, mut j) = (0, 0);
-            while i < old.len() || j < new.len() {
-                match (old.get(i), new.get(j)) {
-                    (Some(x), Some(y)) if x == y => {
-                        i += 1;
-                        j += 1;
-                    }
-                    (Some(x), Some(y)) if x < y => {
-                        changes.push(((user, *x), -1));
-                        i += 1;
-                    }
-                    (Some(x), None) => {
-                        changes.push(((user, *x), -1));
-                        i += 1;
-                    }
-                    (_, Some(y)) => {
-                        changes.push(((user, *y), 1));
-                        j += 1;
-                    }
-                    (None, None) => break,
-                }
-            }
+            sorted_changes(&old, &rank.get().top, |r, diff| {
+                changes.push(((user, r), diff))
+            });
             let r = rank.get();
             if r.inputs.is_empty() && r.via.is_empty() && r.top.is_empty() {
                 rank.remove();
