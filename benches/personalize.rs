@@ -333,6 +333,7 @@ fn measure(
     if phases {
         eprintln!("forget phase starts at {:?}", Instant::now());
     }
+    forget_phase_starts();
     for (i, user) in candidates.iter().enumerate() {
         let time = streamed_at + 1 + i as u64;
         let mut shards = vec![Vec::new(); workers];
@@ -342,6 +343,7 @@ fn measure(
         let start = Instant::now();
         runner.sync(Epoch { time, shards })?;
         latencies_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        forgotten(i);
         if phases {
             eprintln!(
                 "forget {i}: user {} with {} events, {:.2} ms",
@@ -380,6 +382,21 @@ fn measure(
         residual_records: finished.audit.residual_records,
         usage,
     })
+}
+
+/// Marks the start of the forget phase, and [`forgotten`] the end of each forget, for counting
+/// the instructions of each forget with callgrind, whatever the load of the machine:
+/// `valgrind --tool=callgrind --zero-before='*forget_phase_starts' --dump-after='*forgotten'`
+/// writes one profile per forget (`callgrind.out.PID.N`, N = forget + 1).
+#[inline(never)]
+fn forget_phase_starts() {
+    std::hint::black_box(());
+}
+
+/// See [`forget_phase_starts`].
+#[inline(never)]
+fn forgotten(i: usize) {
+    std::hint::black_box(i);
 }
 
 fn print_table(outcomes: &[Outcome]) {

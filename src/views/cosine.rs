@@ -14,11 +14,15 @@
 //!    pair of the group, when the change moves its size across `max_group`), summed per pair
 //!    and time before they leave the worker.
 //! 2. **Top-k** (exchanged by member; set sizes broadcast to every worker): keeps, per member,
-//!    its candidates with their overlaps and its current top `k`. At each time it applies the
-//!    overlap and size changes, and re-ranks only the members with a changed candidate: from
-//!    the current top `k` plus the changed candidates, unless an entry of the current top `k`
-//!    got worse or left, which alone forces a rescan of the member's candidates. It emits the
-//!    difference between the old and new top `k` at that time.
+//!    its candidates with their overlaps and its best `2k` candidates, ranked: a prefix of the
+//!    ranking of all its candidates, whose first `k` are the neighbours emitted. At each time it
+//!    applies the overlap and size changes and updates only the members with a changed
+//!    candidate: their unchanged best entries keep their order, and a changed candidate joins
+//!    them only if it ranks before the last of them. A forgotten neighbour or a lower overlap
+//!    thus costs no rescan; only when fewer than `k` ranked entries remain are all of a member's
+//!    candidates ranked again. A member whose set size changed is looked at by the members
+//!    that rank it among their best, or that it now passes. It emits the difference between the
+//!    old and new top `k` at that time.
 //!
 //! Both operators process the updates of one logical time at a time, in time order, once their
 //! inputs' frontiers have passed it (the time is `u64`, totally ordered), so the output at each
@@ -86,17 +90,36 @@ type Groups<G, M> = FxMap<G, BTreeMap<M, Diff>>;
 struct Subject<M> {
     /// Candidates `neighbour -> overlap` (only non-zero overlaps are kept).
     candidates: FxMap<M, i64>,
-    /// The top `k` currently emitted, exactly as emitted.
-    top: Vec<Similar<M>>,
+    /// The best candidates, best first, at most [`depth`]`(k)` of them: a prefix of the ranking
+    /// of all candidates (every candidate not here ranks after every entry here). Its first `k`
+    /// entries are the neighbours emitted; the others let an entry leave without a rescan.
+    best: Vec<Similar<M>>,
+    /// Whether `best` holds every candidate.
+    complete: bool,
 }
 
 impl<M> Default for Subject<M> {
     fn default() -> Self {
         Subject {
             candidates: FxMap::default(),
-            top: Vec::new(),
+            best: Vec::new(),
+            complete: true,
         }
     }
+}
+
+impl<M> Subject<M> {
+    /// The neighbours emitted: the first `k` of `best`.
+    fn top(&self, k: usize) -> &[Similar<M>] {
+        &self.best[..self.best.len().min(k)]
+    }
+}
+
+/// How many ranked candidates a member keeps for a top `k`: twice `k`, so that up to `k`
+/// entries can leave or fall behind (a forgotten neighbour, a lower overlap) before the member's
+/// candidates are ranked again.
+fn depth(k: usize) -> usize {
+    2 * k
 }
 
 /// The state of the top-k operator on one worker.
@@ -161,10 +184,10 @@ impl<G: Eq + Hash, M: Eq + Hash + Copy> CosineState<G, M> {
         found += ranking.sizes.keys().filter(|m| member(m)).count();
         for (a, subject) in &ranking.subjects {
             if member(a) {
-                found += 1 + subject.candidates.len() + subject.top.len();
+                found += 1 + subject.candidates.len() + subject.best.len();
             } else {
                 found += subject.candidates.keys().filter(|b| member(b)).count();
-                found += subject.top.iter().filter(|s| member(&s.neighbour)).count();
+                found += subject.best.iter().filter(|s| member(&s.neighbour)).count();
             }
         }
         for (b, subjects) in &ranking.reverse {
@@ -467,22 +490,16 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                 continue;
             };
             let size = self.sizes.get(&member).copied().unwrap_or(0);
+            let old_size = (size as i64 - diff as i64).max(0) as u64;
             for (a, &overlap) in back {
-                // A smaller set (a forget) raises the member's cosine with everyone: it matters
-                // to `a` only if it is in `a`'s top k (then it beats `a`'s worst entry, or is
-                // it) or now beats that entry. A candidate that does not can never enter: every
-                // entry of `a`'s top k that does not get worse still ranks before it, and if
-                // one gets worse, `rerank` rescans every candidate anyway.
-                if diff < 0 && size > 0 {
-                    let worst = self
-                        .subjects
-                        .get(a)
-                        .filter(|s| s.top.len() >= k)
-                        .and_then(|s| s.top.last());
-                    if let Some(w) = worst {
-                        if w.neighbour != member && !beats(overlap, size, member, w) {
-                            continue;
-                        }
+                // The member's record changes for `a` if it is among `a`'s best (its old record
+                // ranks at or before their last), and can enter them if its cosine rose (a
+                // smaller set: a forget) past their last. Otherwise it stays behind them.
+                let last = self.subjects.get(a).and_then(|s| s.best.last());
+                if let Some(last) = last {
+                    let rises = diff < 0 && size > 0 && beats(overlap, size, member, last);
+                    if !rises && !beats_or_is(overlap, old_size, member, last) {
+                        continue;
                     }
                 }
                 dirty.entry(*a).or_default().push((member, overlap));
@@ -494,11 +511,16 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                 continue;
             };
             let size = self.sizes.get(&a).copied().unwrap_or(0);
-            if let Some(top) = rerank(subject.get(), &changed, size, &self.sizes, k) {
-                let old = std::mem::replace(&mut subject.get_mut().top, top);
-                emit_difference(a, old, &subject.get().top, &mut out);
+            if let Some((best, complete)) = rerank(subject.get(), changed, size, &self.sizes, k) {
+                let subject = subject.get_mut();
+                let old = std::mem::replace(&mut subject.best, best);
+                subject.complete = complete;
+                let (old, new) = (&old[..old.len().min(k)], subject.top(k));
+                if old != new {
+                    emit_difference(a, old, new, &mut out);
+                }
             }
-            if subject.get().candidates.is_empty() && subject.get().top.is_empty() {
+            if subject.get().candidates.is_empty() && subject.get().best.is_empty() {
                 subject.remove();
             }
         }
@@ -513,6 +535,12 @@ fn beats<M: Ord>(overlap: i64, size: u64, b: M, w: &Similar<M>) -> bool {
     let lhs = u128::from(overlap).pow(2) * u128::from(w.neighbour_size);
     let rhs = u128::from(w.overlap).pow(2) * u128::from(size);
     lhs > rhs || (lhs == rhs && b < w.neighbour)
+}
+
+/// [`beats`], or `b` is `w`'s neighbour with these counts.
+fn beats_or_is<M: Ord + Copy>(overlap: i64, size: u64, b: M, w: &Similar<M>) -> bool {
+    beats(overlap, size, b, w)
+        || (b == w.neighbour && overlap.max(0) as u64 == w.overlap && size == w.neighbour_size)
 }
 
 /// A changed candidate's overlap that is to be read from the member's candidates.
@@ -534,99 +562,94 @@ fn similar<M: Hash + Eq + Copy>(
     })
 }
 
-/// The new top `k` of `subject` after the changes of `changed` candidates (and of set sizes),
-/// or `None` when it stays exactly as it is.
+/// The new `best` of `subject` (and whether it holds every candidate) after the changes of the
+/// `changed` candidates and of set sizes, or `None` when it stays exactly as it is.
 ///
-/// When an entry of the current top `k` got worse or left (its cosine, relative to the member's
-/// own size, went down), every candidate is ranked again. Otherwise the new top `k` is the best
-/// `k` of the current entries (with their new counts) and the changed candidates: an unchanged
-/// candidate outside the top `k` ranked after each of its `k` entries before, and an entry that
-/// did not get worse still ranks before it. A changed candidate that ranks after the worst of
-/// the `k` entries cannot enter, so only the others are compared and sorted; and when no entry
-/// changed and no candidate enters, the top `k` and its records are unchanged.
+/// The entries of `best` that did not change keep their order (the member's own size is a
+/// common factor of all its cosines) and still rank before every candidate outside `best` that
+/// did not change. So the new `best` is those entries plus the changed candidates that rank
+/// before the last of them (all changed candidates, if `best` held every candidate). Only when
+/// fewer than `k` remain, and candidates are left outside, are all candidates ranked again.
 fn rerank<M: Ord + Hash + Copy>(
     subject: &Subject<M>,
-    changed: &[(M, i64)],
+    mut changed: Vec<(M, i64)>,
     size: u64,
     sizes: &FxMap<M, u64>,
     k: usize,
-) -> Option<Vec<Similar<M>>> {
+) -> Option<(Vec<Similar<M>>, bool)> {
     if k == 0 || size == 0 {
-        return (!subject.top.is_empty()).then(Vec::new);
+        return (!subject.best.is_empty()).then(|| (Vec::new(), subject.candidates.is_empty()));
     }
-    let now = |b: M| {
+    // With as many changes as candidates (a large batch), ranking every candidate is cheaper.
+    if changed.len() >= subject.candidates.len() {
+        return Some(rescan(subject, size, sizes, k));
+    }
+    // One entry per candidate; `UNKNOWN` (the least value) first, so it is the one kept.
+    changed.sort_unstable();
+    changed.dedup_by_key(|c| c.0);
+    let is_changed = |b: &M| changed.binary_search_by(|c| c.0.cmp(b)).is_ok();
+    let own_size_changed = subject.best.first().is_some_and(|s| s.size != size);
+    let mut best: Vec<Similar<M>> = Vec::with_capacity(depth(k) + 1);
+    best.extend(
         subject
-            .candidates
-            .get(&b)
-            .and_then(|&overlap| similar(b, overlap, size, sizes))
-    };
-    let mut in_top: Vec<M> = subject.top.iter().map(|s| s.neighbour).collect();
-    in_top.sort_unstable();
-    let is_top = |b: &M| in_top.binary_search(b).is_ok();
-    let own_size_changed = subject.top.first().is_some_and(|s| s.size != size);
-    let top_changed = own_size_changed || changed.iter().any(|(b, _)| is_top(b));
-    let mut pool: Vec<Similar<M>> = Vec::with_capacity(k + 1);
-    if top_changed {
-        for old in &subject.top {
-            match now(old.neighbour) {
-                // overlap'² / n' < overlap² / n: the member's own size is a common factor.
-                Some(new)
-                    if u128::from(new.overlap).pow(2) * u128::from(old.neighbour_size)
-                        >= u128::from(old.overlap).pow(2) * u128::from(new.neighbour_size) =>
-                {
-                    pool.push(new);
-                }
-                _ => return Some(rescan(subject, size, sizes, k)),
-            }
-        }
-    } else {
-        pool.extend_from_slice(&subject.top);
+            .best
+            .iter()
+            .filter(|s| !is_changed(&s.neighbour))
+            .map(|s| Similar { size, ..*s }),
+    );
+    let kept = best.len();
+    if !subject.complete && kept == 0 {
+        return Some(rescan(subject, size, sizes, k));
     }
-    // The worst entry: a candidate after it cannot enter a full top k.
-    let worst = (pool.len() >= k)
-        .then(|| pool.iter().copied().max_by(closer))
-        .flatten();
-    let before = pool.len();
-    for &(b, overlap) in changed {
-        if is_top(&b) {
-            continue;
-        }
+    let bound = (!subject.complete).then(|| best[kept - 1]);
+    for (b, overlap) in changed {
         let candidate = if overlap == UNKNOWN {
-            now(b)
+            subject
+                .candidates
+                .get(&b)
+                .and_then(|&overlap| similar(b, overlap, size, sizes))
         } else {
             similar(b, overlap, size, sizes)
         };
         if let Some(candidate) = candidate {
-            if worst.is_none_or(|w| closer(&candidate, &w) == std::cmp::Ordering::Less) {
-                pool.push(candidate);
+            if bound.is_none_or(|w| closer(&candidate, &w) == std::cmp::Ordering::Less) {
+                best.push(candidate);
             }
         }
     }
-    if !top_changed && pool.len() == before {
+    if !own_size_changed && kept == subject.best.len() && best.len() == kept {
         return None;
     }
-    pool.sort_unstable_by(closer);
-    pool.dedup();
-    pool.truncate(k);
-    Some(pool)
+    if !subject.complete && best.len() < k {
+        return Some(rescan(subject, size, sizes, k));
+    }
+    let complete = subject.complete && best.len() <= depth(k);
+    Some((ranked(best, depth(k)), complete))
 }
 
-/// Every candidate of `subject` ranked again: the best `k`.
+/// Every candidate of `subject` ranked again: the best [`depth`]`(k)`, and whether that is all
+/// of them.
 fn rescan<M: Ord + Hash + Copy>(
     subject: &Subject<M>,
     size: u64,
     sizes: &FxMap<M, u64>,
     k: usize,
-) -> Vec<Similar<M>> {
-    let mut pool: Vec<Similar<M>> = subject
+) -> (Vec<Similar<M>>, bool) {
+    let pool: Vec<Similar<M>> = subject
         .candidates
         .iter()
         .filter_map(|(&b, &overlap)| similar(b, overlap, size, sizes))
         .collect();
-    if pool.len() > k {
-        pool.select_nth_unstable_by(k - 1, closer);
-        pool.truncate(k);
+    let complete = pool.len() <= depth(k);
+    (ranked(pool, depth(k)), complete)
+}
+
+/// The first `n` of `pool` in the neighbour order ([`closer`]), sorted.
+fn ranked<M: Ord>(mut pool: Vec<Similar<M>>, n: usize) -> Vec<Similar<M>> {
+    if pool.len() > n && n > 0 {
+        pool.select_nth_unstable_by(n - 1, closer);
     }
+    pool.truncate(n);
     pool.sort_unstable_by(closer);
     pool
 }
@@ -634,10 +657,11 @@ fn rescan<M: Ord + Hash + Copy>(
 /// Emits the records of `old` not in `new` with `-1` and those of `new` not in `old` with `+1`.
 fn emit_difference<M: Ord + Copy>(
     a: M,
-    mut old: Vec<Similar<M>>,
+    old: &[Similar<M>],
     new: &[Similar<M>],
     out: &mut Vec<((M, Similar<M>), Diff)>,
 ) {
+    let mut old = old.to_vec();
     let mut new = new.to_vec();
     old.sort_unstable();
     new.sort_unstable();

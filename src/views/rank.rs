@@ -13,9 +13,12 @@
 //! `ΔW · I + W' · ΔI`).
 //!
 //! At each logical time, once both inputs' frontiers have passed it (in time order), the users
-//! whose inputs changed are ranked again with [`rank_user`] over exactly the inputs the
-//! differential formulation gave it, and the difference between the old and new ranking is
-//! emitted at that time.
+//! whose inputs changed are ranked again, with the result [`rank_user`] gives over exactly the
+//! inputs the differential formulation gave it, and the difference between the old and new
+//! ranking is emitted at that time. A user keeps their best `3n` candidates ranked (a prefix
+//! of the ranking of all of them), so a ranking again looks only at the candidates whose sum
+//! changed: a forgotten neighbour lowers the sums of its items, which keep their place or fall
+//! behind, and only when fewer than `n` ranked ones remain are all candidates scored again.
 //!
 //! Privacy: every map entry leaves the moment it reaches zero (an item of a user, a follower's
 //! weight, a sum, an input), and a user's entry leaves once nothing is held for them, so a
@@ -24,7 +27,8 @@
 
 use super::cosine::{in_time_order, FxHasher};
 use super::recommend::{
-    rank_user, top_n, weighted_content, RankInput, RecommendParams, Recommendation,
+    ahead, best_n, numbered, rank_user, weighted_content, RankInput, RecommendParams,
+    Recommendation,
 };
 use super::{sorted_changes, Diff};
 use crate::event::{Sym, UserId};
@@ -50,7 +54,6 @@ pub enum ToRank {
 }
 
 /// One user's side of the ranking.
-#[derive(Default)]
 struct UserRank {
     /// Own items, dismissals and popular items, with multiplicities.
     inputs: FxMap<RankInput, i64>,
@@ -58,11 +61,55 @@ struct UserRank {
     via: FxMap<Sym, i64>,
     /// The ranking last emitted.
     top: Vec<Recommendation>,
+    /// The best candidates `(score, item)` in the order of recommendations, at most
+    /// [`depth`]`(n)`: a prefix of the ranking of all candidates (every candidate not here ranks
+    /// after every entry here), of which `top` is the first `n`. The others let an item fall
+    /// behind without a rescan of every candidate.
+    best: Vec<(i64, Sym)>,
+    /// Whether `best` holds every candidate.
+    complete: bool,
+    /// Whether every candidate is to be scored again at the next ranking (the user's own items
+    /// changed, which changes every content term, or they were ranked by popularity).
+    stale: bool,
+    /// Candidates whose score or eligibility changed since the last ranking, each with the
+    /// direction of a change (negative: it fell or left; positive: it rose or entered).
+    changed: Vec<(Sym, i64)>,
     /// The content term of each candidate ranked so far, and the tag profile and its squared
     /// norm it was computed from: both depend only on the user's own items, so they are kept
     /// until those change (a neighbour change, e.g. a forget, leaves them valid).
     content: FxMap<Sym, i64>,
     profile: Option<(FxMap<Sym, i64>, i64)>,
+}
+
+impl Default for UserRank {
+    fn default() -> Self {
+        UserRank {
+            inputs: FxMap::default(),
+            via: FxMap::default(),
+            top: Vec::new(),
+            best: Vec::new(),
+            complete: false,
+            stale: true,
+            changed: Vec::new(),
+            content: FxMap::default(),
+            profile: None,
+        }
+    }
+}
+
+impl UserRank {
+    /// Notes that `item`'s score or eligibility changed in `direction` (its sign).
+    fn touch(&mut self, item: Sym, direction: i64) {
+        if !self.stale {
+            self.changed.push((item, direction));
+        }
+    }
+}
+
+/// How many ranked candidates a user keeps for `n` recommendations: three times `n`, so that a
+/// forgotten neighbour's items can fall behind without a rescan of every candidate.
+fn depth(n: usize) -> usize {
+    3 * n
 }
 
 /// The ranking state of one worker.
@@ -103,6 +150,7 @@ impl RankState {
         for (u, rank) in &ranks.users {
             if user(u) {
                 found += 1 + rank.inputs.len() + rank.via.len() + rank.top.len();
+                found += rank.best.len() + rank.changed.len();
                 found += rank.content.len() + rank.profile.as_ref().map_or(0, |p| p.0.len());
             }
         }
@@ -185,9 +233,16 @@ impl Ranks {
             let rank = self.users.entry(user).or_default();
             match input {
                 ToRank::Input(value) => {
-                    if let RankInput::Own(_) = value {
-                        rank.content.clear();
-                        rank.profile = None;
+                    match value {
+                        RankInput::Own(_) => {
+                            rank.content.clear();
+                            rank.profile = None;
+                            rank.stale = true;
+                            rank.changed = Vec::new();
+                        }
+                        // A dismissal takes the item out; its retraction lets it back in.
+                        RankInput::Dismissed(item) => rank.touch(item, -(diff as i64)),
+                        RankInput::Via(..) | RankInput::Popular(..) => {}
                     }
                     add(&mut rank.inputs, value, diff as i64);
                 }
@@ -196,6 +251,7 @@ impl Ranks {
                     if let Some(its) = self.items_of.get(&v) {
                         for (&item, &copies) in its {
                             add(&mut rank.via, item, delta * copies);
+                            rank.touch(item, delta * copies);
                         }
                     }
                     let followers = self.followers.entry(v).or_default();
@@ -221,6 +277,7 @@ impl Ranks {
                 for (&user, &w) in followers {
                     let rank = self.users.entry(user).or_default();
                     add(&mut rank.via, item, w * diff as i64);
+                    rank.touch(item, w * diff as i64);
                     dirty.push(user);
                 }
             }
@@ -233,14 +290,15 @@ impl Ranks {
             let Entry::Occupied(mut rank) = self.users.entry(user) else {
                 continue;
             };
-            let mut new = rank_cached(rank.get_mut(), params, &mut input);
-            new.sort_unstable();
-            let old = std::mem::replace(&mut rank.get_mut().top, new);
-            sorted_changes(&old, &rank.get().top, |r, diff| {
-                changes.push(((user, r), diff))
-            });
+            let new = rank_cached(rank.get_mut(), params, &mut input);
+            if new != rank.get().top {
+                let old = std::mem::replace(&mut rank.get_mut().top, new);
+                sorted_changes(&old, &rank.get().top, |r, diff| {
+                    changes.push(((user, r), diff))
+                });
+            }
             let r = rank.get();
-            if r.inputs.is_empty() && r.via.is_empty() && r.top.is_empty() {
+            if r.inputs.is_empty() && r.via.is_empty() && r.top.is_empty() && r.best.is_empty() {
                 rank.remove();
             }
         }
@@ -248,44 +306,47 @@ impl Ranks {
     }
 }
 
-/// [`rank_user`] over the user's inputs and `Via(i, via(u, i))` for every sum, with the content
-/// term of each candidate cached (see [`UserRank::content`]). Popularity rankings (cold users)
-/// go through `rank_user` itself.
+/// [`rank_user`] over the user's inputs and `Via(i, via(u, i))` for every sum (sorted by rank),
+/// computed from the candidates that changed since the last ranking where it can be (see
+/// [`UserRank::best`]), with the content term of each candidate cached (see
+/// [`UserRank::content`]). Popularity rankings (cold users) go through `rank_user` itself.
 fn rank_cached(
     rank: &mut UserRank,
     params: &RecommendParams,
     input: &mut Vec<(RankInput, Diff)>,
 ) -> Vec<Recommendation> {
-    let UserRank {
-        inputs,
-        via,
-        content,
-        profile,
-        ..
-    } = rank;
-    let cold = inputs
+    let cold = rank
+        .inputs
         .iter()
         .any(|(v, r)| matches!(v, RankInput::Popular(..)) && *r > 0);
     if cold {
         input.clear();
-        input.extend(inputs.iter().map(|(v, r)| (*v, *r as Diff)));
+        input.extend(rank.inputs.iter().map(|(v, r)| (*v, *r as Diff)));
         input.extend(
-            via.iter()
+            rank.via
+                .iter()
                 .map(|(item, sum)| (RankInput::Via(*item, *sum), 1)),
         );
+        rank.best.clear();
+        rank.stale = true;
+        rank.changed = Vec::new();
         return rank_user(input, params);
     }
-    if params.n == 0 || via.is_empty() {
+    let n = params.n;
+    if n == 0 || rank.via.is_empty() {
+        rank.best.clear();
+        rank.complete = true;
+        rank.changed = Vec::new();
+        rank.stale = false;
         return Vec::new();
     }
-    let present = |value: RankInput| inputs.get(&value).is_some_and(|c| *c > 0);
     let catalog = params
         .catalog
         .as_ref()
         .filter(|_| params.content_weight != 0);
-    if let (Some(catalog), None) = (catalog, profile.as_ref()) {
+    if let (Some(catalog), None) = (catalog, rank.profile.as_ref()) {
         let mut tags: FxMap<Sym, i64> = FxMap::default();
-        for (value, copies) in inputs.iter() {
+        for (value, copies) in rank.inputs.iter() {
             if let (RankInput::Own(item), true) = (value, *copies > 0) {
                 for tag in catalog.tags(*item) {
                     *tags.entry(*tag).or_insert(0) += 1;
@@ -293,12 +354,25 @@ fn rank_cached(
             }
         }
         let norm_sq = tags.values().map(|c| c * c).sum::<i64>();
-        *profile = Some((tags, norm_sq));
+        rank.profile = Some((tags, norm_sq));
     }
-    let mut ranked: Vec<(i64, Sym)> = Vec::with_capacity(via.len());
-    for (&item, &cf) in via.iter() {
+    let UserRank {
+        inputs,
+        via,
+        best,
+        complete,
+        stale,
+        changed,
+        content,
+        profile,
+        ..
+    } = rank;
+    let present = |value: RankInput| inputs.get(&value).is_some_and(|c| *c > 0);
+    // The score of a candidate, `None` if it is not one (own, dismissed, or no neighbour has it).
+    let mut score = |item: Sym| -> Option<i64> {
+        let cf = *via.get(&item)?;
         if present(RankInput::Own(item)) || present(RankInput::Dismissed(item)) {
-            continue;
+            return None;
         }
         let extra = match (catalog, profile.as_ref()) {
             (Some(catalog), Some((tags, norm_sq))) => *content.entry(item).or_insert_with(|| {
@@ -306,7 +380,54 @@ fn rank_cached(
             }),
             _ => 0,
         };
-        ranked.push((cf + extra, item));
-    }
-    top_n(ranked, params.n)
+        Some(cf + extra)
+    };
+    let rescan = |score: &mut dyn FnMut(Sym) -> Option<i64>| {
+        let all: Vec<(i64, Sym)> = via
+            .keys()
+            .filter_map(|&item| score(item).map(|s| (s, item)))
+            .collect();
+        let complete = all.len() <= depth(n);
+        (best_n(all, depth(n)), complete)
+    };
+    // Scoring each change costs about what scoring a candidate does: with as many changes as
+    // candidates (a large batch), every candidate is scored again instead.
+    let updated = if *stale || changed.len() >= via.len() {
+        None
+    } else {
+        // One entry per item, rising if any of its changes rose.
+        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        changed.dedup_by_key(|c| c.0);
+        let is_changed = |item: &Sym| changed.binary_search_by(|c| c.0.cmp(item)).is_ok();
+        let mut was_best: Vec<Sym> = best.iter().map(|b| b.1).collect();
+        was_best.sort_unstable();
+        let mut next: Vec<(i64, Sym)> =
+            best.iter().copied().filter(|b| !is_changed(&b.1)).collect();
+        let kept = next.len();
+        let bound = (!*complete).then(|| next.last().copied()).flatten();
+        if *complete || kept > 0 {
+            for &(item, direction) in changed.iter() {
+                // An item outside `best` whose score only fell stays behind it.
+                if direction <= 0 && was_best.binary_search(&item).is_err() {
+                    continue;
+                }
+                if let Some(s) = score(item) {
+                    if bound.is_none_or(|b| ahead(&(s, item), &b) == std::cmp::Ordering::Less) {
+                        next.push((s, item));
+                    }
+                }
+            }
+        }
+        (*complete || next.len() >= n).then(|| {
+            let full = *complete && next.len() <= depth(n);
+            (best_n(next, depth(n)), full)
+        })
+    };
+    let (new_best, new_complete) = updated.unwrap_or_else(|| rescan(&mut score));
+    *best = new_best;
+    *complete = new_complete;
+    *stale = false;
+    // Not `clear`: a large batch would leave its capacity behind for every user it touched.
+    *changed = Vec::new();
+    numbered(&best[..best.len().min(n)])
 }

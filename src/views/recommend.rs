@@ -237,27 +237,38 @@ pub(crate) fn weighted_content<S: BuildHasher>(
     (i128::from(cosine) * i128::from(content_weight) / 1_000_000) as i64
 }
 
-/// The first `n` of `ranked` (score, item) by score descending, ties by item ascending, ranked
-/// from 1.
-pub(crate) fn top_n(mut ranked: Vec<(i64, Sym)>, n: usize) -> Vec<Recommendation> {
-    if n == 0 {
-        return Vec::new();
+/// The order of recommendations: score descending, then item ascending.
+pub(crate) fn ahead(a: &(i64, Sym), b: &(i64, Sym)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// The first `n` of `ranked` (score, item) in the order [`ahead`], sorted.
+pub(crate) fn best_n(mut ranked: Vec<(i64, Sym)>, n: usize) -> Vec<(i64, Sym)> {
+    if ranked.len() > n && n > 0 {
+        ranked.select_nth_unstable_by(n - 1, ahead);
     }
-    let order = |a: &(i64, Sym), b: &(i64, Sym)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
-    if ranked.len() > n {
-        ranked.select_nth_unstable_by(n - 1, order);
-        ranked.truncate(n);
-    }
-    ranked.sort_unstable_by(order);
+    ranked.truncate(n);
+    ranked.sort_unstable_by(ahead);
     ranked
-        .into_iter()
+}
+
+/// `ranked` (score, item), in the order [`ahead`], as recommendations ranked from 1.
+pub(crate) fn numbered(ranked: &[(i64, Sym)]) -> Vec<Recommendation> {
+    ranked
+        .iter()
         .enumerate()
-        .map(|(i, (score, item))| Recommendation {
+        .map(|(i, &(score, item))| Recommendation {
             rank: i as u32 + 1,
             item,
             score,
         })
         .collect()
+}
+
+/// The first `n` of `ranked` (score, item) by score descending, ties by item ascending, ranked
+/// from 1.
+pub(crate) fn top_n(ranked: Vec<(i64, Sym)>, n: usize) -> Vec<Recommendation> {
+    numbered(&best_n(ranked, n))
 }
 
 /// Ranks one user's recommendations from everything the dataflow gathered for them (also
