@@ -30,7 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 use support::{
-    mib, percentile, run_child, send_in_epochs, Discrete, Meter, Rng, Usage, RESULT_PREFIX,
+    cpu_nanos, mib, percentile, run_child, send_in_epochs, Discrete, Meter, Rng, Usage,
+    RESULT_PREFIX,
 };
 
 mod support;
@@ -112,6 +113,8 @@ struct Outcome {
     new_events_per_s: f64,
     /// Forget latencies, ms, in forget order.
     latencies_ms: Vec<f64>,
+    /// CPU time of each forget (all threads), ms, in forget order.
+    forget_cpu_ms: Vec<f64>,
     /// Rebuild from scratch of all surviving events, seconds.
     rebuild_s: f64,
     /// Records of forgotten users left in the audited arrangements.
@@ -326,6 +329,7 @@ fn measure(
     Rng(FORGET_SEED).choose(&mut candidates, forgets);
     let count = candidates.len();
     let mut latencies_ms = Vec::with_capacity(count);
+    let mut forget_cpu_ms = Vec::with_capacity(count);
     // With PERSONALIZE_PHASES set, the forget phase's bounds on the monotonic clock (what
     // `perf record -k CLOCK_MONOTONIC` stamps samples with), to profile it alone with
     // `perf report --time START,END`.
@@ -340,9 +344,11 @@ fn measure(
         for e in &by_user[user] {
             shards[routing.shard(*user)].push((e.clone(), -1));
         }
+        let cpu = cpu_nanos();
         let start = Instant::now();
         runner.sync(Epoch { time, shards })?;
         latencies_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        forget_cpu_ms.push((cpu_nanos() - cpu) as f64 / 1e6);
         forgotten(i);
         if phases {
             eprintln!(
@@ -378,6 +384,7 @@ fn measure(
         new_events: total - split,
         new_events_per_s: (total - split) as f64 / stream_s.max(1e-9),
         latencies_ms,
+        forget_cpu_ms,
         rebuild_s,
         residual_records: finished.audit.residual_records,
         usage,
@@ -402,17 +409,19 @@ fn forgotten(i: usize) {
 fn print_table(outcomes: &[Outcome]) {
     println!(
         "| data | workers | build 90% (s) | new events/s | forget p50 (ms) | p99 (ms) | max (ms) \
-         | rebuild (s) | rebuild / p50 | peak RSS (MiB) | residual |"
+         | forget CPU p50 (ms) | rebuild (s) | rebuild / p50 | peak RSS (MiB) | residual |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
         let mut sorted = o.latencies_ms.clone();
         sorted.sort_by(f64::total_cmp);
         let p50 = percentile(&sorted, 50.0);
         let p99 = percentile(&sorted, 99.0);
         let max = sorted.last().copied().unwrap_or(f64::NAN);
+        let mut cpu = o.forget_cpu_ms.clone();
+        cpu.sort_by(f64::total_cmp);
         println!(
-            "| {} ({} events) | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}× | {:.0} | {} |",
+            "| {} ({} events) | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}× | {:.0} | {} |",
             o.data,
             o.events,
             o.workers,
@@ -421,6 +430,7 @@ fn print_table(outcomes: &[Outcome]) {
             p50,
             p99,
             max,
+            percentile(&cpu, 50.0),
             o.rebuild_s,
             o.rebuild_s * 1e3 / p50,
             mib(o.usage.peak_kib),
