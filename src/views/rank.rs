@@ -98,9 +98,18 @@ impl Default for UserRank {
 }
 
 impl UserRank {
-    /// Notes that `item`'s score or eligibility changed in `direction` (its sign).
+    /// Notes that `item`'s score or eligibility changed in `direction` (its sign). Once there
+    /// are as many changes as candidates, every candidate will be scored again instead (which
+    /// costs less then), and the list is dropped: a large batch would otherwise hold one for
+    /// every user it touches.
     fn touch(&mut self, item: Sym, direction: i64) {
-        if !self.stale {
+        if self.stale {
+            return;
+        }
+        if self.changed.len() >= self.via.len() {
+            self.stale = true;
+            self.changed = Vec::new();
+        } else {
             self.changed.push((item, direction));
         }
     }
@@ -391,7 +400,7 @@ fn rank_cached(
         (best_n(all, depth(n)), complete)
     };
     // Scoring each change costs about what scoring a candidate does: with as many changes as
-    // candidates (a large batch), every candidate is scored again instead.
+    // candidates (a large batch, see `touch`), every candidate is scored again instead.
     let updated = if *stale || changed.len() >= via.len() {
         None
     } else {
