@@ -20,6 +20,7 @@
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
 use super::fold::fold_by_key;
+use super::percentile::{at_or_above, percentile_thresholds, PercentileState};
 use super::window::{sliding_project, Expiry};
 use super::Diff;
 use crate::event::{Event, Sym, UserId};
@@ -306,14 +307,23 @@ pub fn percentile_threshold<M: Copy>(
 /// such users' metrics ([`percentile_threshold`]).
 ///
 /// Each user's metric is a running count and sum over their windowed events ([`fold_by_key`]).
-/// The threshold is computed by one reduction over the histogram `metric -> number of users`
-/// (so each change costs time proportional to the number of distinct metrics, not users), which
-/// yields the qualifying metrics; users are joined back to them by metric.
+/// The threshold and the users at or above it are kept by the operators of
+/// [`percentile`](super::percentile): a change costs the distinct metrics the threshold crosses
+/// and the users whose membership changes, not a pass over all users.
 pub fn percentile_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Percentile,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    percentile_members_with_state(events, segment, expiry_at).0
+}
+
+/// [`percentile_members`], with the operator state that names users (for the forget audit).
+pub fn percentile_members_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segment: &Percentile,
+    expiry_at: &Expiry<'s>,
+) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
     let key = Sym::of(&segment.name);
     let percentile = segment.percentile;
     let counted = match segment.event {
@@ -342,28 +352,8 @@ pub fn percentile_members<'s>(
             }
         },
     );
-    // The diff of `(key, metric)` is the number of users with that metric: the histogram.
-    let qualifying = metrics
-        .clone()
-        .map(move |(metric, _user)| (key, metric))
-        .reduce_named(
-            "PercentileThreshold",
-            move |_key, histogram: &[(&i64, Diff)], output: &mut Vec<(i64, Diff)>| {
-                let pairs = histogram.iter().map(|(metric, n)| (**metric, *n as i64));
-                if let Some(threshold) = percentile_threshold(pairs, percentile) {
-                    output.extend(
-                        histogram
-                            .iter()
-                            .filter(|(metric, n)| **metric >= threshold && *n > 0)
-                            .map(|(metric, _)| (**metric, 1)),
-                    );
-                }
-            },
-        );
-    metrics
-        .map(move |(metric, user)| ((key, metric), user))
-        .semijoin(qualifying)
-        .map(|((key, _metric), user)| (key, user))
+    let thresholds = percentile_thresholds(metrics.clone(), key, percentile);
+    at_or_above(metrics, thresholds, key)
 }
 
 /// Members of a dormant segment: `(Sym::of(name), user)` for every user with an event at or
@@ -453,10 +443,25 @@ pub fn members<'s>(
     segment: &Segment,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
+    members_with_state(events, segment, expiry_at).0
+}
+
+/// [`members`], with the operator state that names users (for the forget audit).
+pub fn members_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segment: &Segment,
+    expiry_at: &Expiry<'s>,
+) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
     match segment {
-        Segment::Rule(rule) => rule_members(events, rule, expiry_at),
-        Segment::Percentile(p) => percentile_members(events, p, expiry_at),
-        Segment::Dormant(d) => dormant_members(events, d, expiry_at),
+        Segment::Rule(rule) => (
+            rule_members(events, rule, expiry_at),
+            PercentileState::default(),
+        ),
+        Segment::Percentile(p) => percentile_members_with_state(events, p, expiry_at),
+        Segment::Dormant(d) => (
+            dormant_members(events, d, expiry_at),
+            PercentileState::default(),
+        ),
     }
 }
 
@@ -466,11 +471,26 @@ pub fn all_members<'s>(
     segments: &[Segment],
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    let parts: Vec<_> = segments
-        .iter()
-        .map(|segment| members(events.clone(), segment, expiry_at))
-        .collect();
-    differential_dataflow::collection::concatenate(events.scope(), parts)
+    all_members_with_state(events, segments, expiry_at).0
+}
+
+/// [`all_members`], with the operator state that names users (for the forget audit).
+pub fn all_members_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segments: &[Segment],
+    expiry_at: &Expiry<'s>,
+) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
+    let mut state = PercentileState::default();
+    let mut parts = Vec::new();
+    for segment in segments {
+        let (part, held) = members_with_state(events.clone(), segment, expiry_at);
+        parts.push(part);
+        state.extend(held);
+    }
+    (
+        differential_dataflow::collection::concatenate(events.scope(), parts),
+        state,
+    )
 }
 
 /// Segment sizes: `(segment, number of members)` for every segment with at least one member.
