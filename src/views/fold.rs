@@ -29,9 +29,9 @@ type Pending<K, V> = BTreeMap<u64, (Capability<u64>, Vec<(K, V, Diff)>)>;
 
 /// The collection of `rows(key, state)` over every key, where a key's `state` is
 /// `S::default()` updated by `update(&mut state, &value, diff)` for each of the key's updates
-/// at or before the time. Only the rows of keys that changed are touched: each batch of input
-/// applied gives one update per row whose multiplicity changed (downstream arrangements
-/// consolidate across batches).
+/// at or before the time. Only the rows of keys that changed are touched: each time gives one
+/// update per row whose multiplicity changed at that time, once the input frontier passes it
+/// (however many batches the time's updates came in, a key's rows are compared once).
 ///
 /// `update` must make the state a function of the accumulated collection: updates of one time
 /// arrive in no particular order and in several batches, and a retraction must undo its
@@ -95,10 +95,23 @@ where
             // Updates at times after the frontier, by time, with the capability to emit there.
             let mut pending: Pending<K, V> = BTreeMap::new();
             let mut keys: Keys<K, S, O> = Keys::default();
+            // The round in progress: updates at the frontier applied since the last settle, to
+            // be given at this capability's time once the frontier passes it.
+            let mut round: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
                 // Every update before the frontier has been applied, so updates at the frontier
-                // apply at once; later ones wait until the frontier reaches them.
+                // apply at once; later ones wait until the frontier reaches them. A time's row
+                // changes are given once the frontier passes it, so a key changed by several
+                // batches of one time gives one change.
                 let open = frontier.frontier().first().copied();
+                let mut settle = |keys: &mut Keys<K, S, O>, rows: &mut R, cap: &Capability<u64>| {
+                    let time = *cap.time();
+                    let mut session = output.session(cap);
+                    keys.settle(rows, |row, diff| session.give((row, time, diff)));
+                };
+                if let Some(cap) = round.take_if(|cap| open.is_none_or(|open| *cap.time() < open)) {
+                    settle(&mut keys, &mut rows, &cap);
+                }
                 while let Some(entry) = pending.first_entry() {
                     if open.is_some_and(|open| *entry.key() > open) {
                         break;
@@ -107,14 +120,18 @@ where
                     for (key, value, diff) in updates {
                         keys.apply(key, &value, diff, &mut update, &mut rows);
                     }
-                    let time = *cap.time();
-                    let mut session = output.session(&cap);
-                    keys.settle(&mut rows, |row, diff| session.give((row, time, diff)));
+                    if open == Some(*cap.time()) {
+                        round.get_or_insert(cap);
+                    } else {
+                        settle(&mut keys, &mut rows, &cap);
+                    }
                 }
                 input.for_each(|cap, batch| {
+                    let mut applied = false;
                     for ((key, value), time, diff) in batch.drain(..) {
                         if open.is_none_or(|open| time <= open) {
                             keys.apply(key, &value, diff, &mut update, &mut rows);
+                            applied = true;
                             continue;
                         }
                         let updates = match pending.entry(time) {
@@ -126,9 +143,10 @@ where
                         updates.1.push((key, value, diff));
                     }
                     // Updates apply only at the frontier (an input holding data is never done).
-                    let time = open.or_else(|| cap.least().copied()).unwrap_or_default();
-                    let mut session = output.session(&cap);
-                    keys.settle(&mut rows, |row, diff| session.give((row, time, diff)));
+                    if applied && round.is_none() {
+                        let time = open.or_else(|| cap.least().copied()).unwrap_or_default();
+                        round = Some(cap.delayed(&time, 0));
+                    }
                 });
             }
         })
