@@ -19,9 +19,9 @@
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::fold::fold_by_key;
+use super::fold::fold_passages;
 use super::percentile::{at_or_above, percentile_thresholds, PercentileState};
-use super::window::{passages, Expiry, Passage};
+use super::window::{Expiry, Passage};
 use super::Diff;
 use crate::event::{Event, Sym, Time, UserId};
 use differential_dataflow::operators::CountTotal;
@@ -475,9 +475,8 @@ impl Plan {
         }
     }
 
-    /// The event's time, user and mark, and the windows it matters to; `None` if it matters to
-    /// no segment.
-    fn mark(&self, event: &Event) -> Option<(Time, UserId, Mark, u64)> {
+    /// The event's time, user and mark; `None` if it matters to no segment.
+    fn mark(&self, event: &Event) -> Option<(Time, UserId, Mark)> {
         let (mut counts, mut excludes) = (0u64, 0u64);
         for (i, segment) in self.segments.iter().enumerate() {
             let bit = 1u64 << i;
@@ -498,16 +497,9 @@ impl Plan {
                 Segment::Dormant(_) => counts |= bit,
             }
         }
-        let any = counts | excludes;
-        if any == 0 {
+        if counts | excludes == 0 {
             return None;
         }
-        let windows = self
-            .users_of
-            .iter()
-            .enumerate()
-            .filter(|(_, users)| *users & any != 0)
-            .fold(0u64, |windows, (w, _)| windows | 1 << w);
         let value = if self.values {
             event.value.map_or(0, |v| v.0)
         } else {
@@ -518,7 +510,17 @@ impl Plan {
             excludes,
             value,
         };
-        Some((event.time, event.user, mark, windows))
+        Some((event.time, event.user, mark))
+    }
+
+    /// The windows (bit `w` for `durations[w]`) an event with `mark` matters to.
+    fn windows(&self, mark: &Mark) -> u64 {
+        let any = mark.counts | mark.excludes;
+        self.users_of
+            .iter()
+            .enumerate()
+            .filter(|(_, users)| *users & any != 0)
+            .fold(0u64, |windows, (w, _)| windows | 1 << w)
     }
 
     /// Applies one passage of an event with `mark` to a user's counters (two per segment; an
@@ -597,24 +599,20 @@ fn group_members<'s>(
     expiry_at: &Expiry<'s>,
 ) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
     let plan = Rc::new(Plan::new(segments));
-    let marks = plan.clone();
-    let passages = passages(
-        events.clone(),
+    let (marks, windows, update, rows) = (plan.clone(), plan.clone(), plan.clone(), plan.clone());
+    let marked = events.clone().flat_map(move |event: Event| {
+        marks
+            .mark(&event)
+            .map(|(time, user, mark)| (user, (time, mark)))
+    });
+    let rows = fold_passages(
+        marked,
         &plan.durations,
-        move |event: Event| {
-            marks
-                .mark(&event)
-                .map(|(time, user, mark, windows)| (time, (user, mark), windows))
-        },
+        move |(time, mark): &(Time, Mark)| (*time, windows.windows(mark)),
         expiry_at,
-    )
-    .map(|((user, mark), passage)| (user, (mark, passage)));
-    let (update, rows) = (plan.clone(), plan.clone());
-    let rows = fold_by_key(
-        passages,
         "Segments",
-        move |counters: &mut Vec<[i64; 2]>, (mark, passage): &(Mark, Passage), diff| {
-            update.update(counters, mark, *passage, diff as i64)
+        move |counters: &mut Vec<[i64; 2]>, (_, mark): &(Time, Mark), passage, diff| {
+            update.update(counters, mark, passage, diff as i64)
         },
         move |user, counters: &Vec<[i64; 2]>, out| rows.rows(user, counters, out),
     );

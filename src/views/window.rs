@@ -357,7 +357,7 @@ const BUCKET: u64 = 256;
 /// A bucket holding a cancelling update (a record retracted before it left, e.g. a forgotten
 /// user's event) is consolidated at the next [`Owed::settle`], so cancelled retractions do not
 /// stay in memory.
-struct Owed<D> {
+pub(crate) struct Owed<D> {
     buckets: BTreeMap<u64, Bucket<D>>,
     /// Buckets holding a positive (cancelling) update.
     unsettled: BTreeSet<u64>,
@@ -374,12 +374,17 @@ impl<D> Default for Owed<D> {
 
 impl<D: Ord + Clone> Owed<D> {
     /// Owes `(record, diff)` at second `due`. A positive `diff` cancels an earlier retraction.
-    fn owe(&mut self, due: u64, record: D, diff: Diff) {
+    pub(crate) fn owe(&mut self, due: u64, record: D, diff: Diff) {
         let bucket = due / BUCKET;
-        self.buckets
-            .entry(bucket)
-            .or_default()
-            .push(((due, record), diff));
+        // Records mostly arrive in time order: most land in the last bucket.
+        match self.buckets.last_entry() {
+            Some(mut last) if *last.key() == bucket => last.get_mut().push(((due, record), diff)),
+            _ => self
+                .buckets
+                .entry(bucket)
+                .or_default()
+                .push(((due, record), diff)),
+        }
         if diff > 0 {
             self.unsettled.insert(bucket);
         }
@@ -387,7 +392,7 @@ impl<D: Ord + Clone> Owed<D> {
 
     /// Consolidates the buckets holding cancelling updates. A bucket stays unsettled while a
     /// positive update is left in it (its record's retraction has not arrived yet).
-    fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         let buckets = &mut self.buckets;
         self.unsettled.retain(|bucket| {
             let Entry::Occupied(mut updates) = buckets.entry(*bucket) else {
@@ -403,7 +408,7 @@ impl<D: Ord + Clone> Owed<D> {
     }
 
     /// Moves every retraction due at or before `tick` into `out`, at time `tick`.
-    fn take_due(&mut self, tick: u64, out: &mut Vec<((D, u64), Diff)>) {
+    pub(crate) fn take_due(&mut self, tick: u64, out: &mut Vec<((D, u64), Diff)>) {
         while let Some(mut bucket) = self.buckets.first_entry() {
             if bucket.key().saturating_mul(BUCKET) > tick {
                 break;
