@@ -290,9 +290,13 @@ where
                         .first_key_value()
                         .map(|(time, _)| *time)
                         .filter(|time| open.is_none_or(|open| *time <= open));
-                    let tick_at = marks.first_key_value().map(|(time, _)| *time).filter(|tick| {
-                        data_open.is_none_or(|open| *tick < open) && !ticks_frontier.less_than(tick)
-                    });
+                    let tick_at = marks
+                        .first_key_value()
+                        .map(|(time, _)| *time)
+                        .filter(|tick| {
+                            data_open.is_none_or(|open| *tick < open)
+                                && !ticks_frontier.less_than(tick)
+                        });
                     let cap = match (update_at, tick_at) {
                         (Some(time), tick) if tick.is_none_or(|tick| time <= tick) => {
                             let Some((_, (cap, updates))) = pending.pop_first() else {

@@ -463,9 +463,9 @@ impl Plan {
                 Segment::Dormant(_) => Kind::Dormant,
             })
             .collect();
-        let values = segments.iter().any(|segment| {
-            matches!(segment, Segment::Percentile(p) if p.metric == Metric::Value)
-        });
+        let values = segments
+            .iter()
+            .any(|segment| matches!(segment, Segment::Percentile(p) if p.metric == Metric::Value));
         Plan {
             segments: segments.to_vec(),
             kinds,
