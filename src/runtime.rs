@@ -348,11 +348,15 @@ pub fn build_views<'s>(
         }));
         outputs.push(members.as_collection(|u: &UserId, s: &Sym| Row::Member(*s, *u)));
     }
-    for (table, (_, spec)) in config.retention.iter().enumerate() {
-        let table = table as u32;
+    if !config.retention.is_empty() {
+        let specs: Vec<RetentionSpec> = config
+            .retention
+            .iter()
+            .map(|(_, spec)| spec.clone())
+            .collect();
         outputs.push(
-            views::retention(events.clone(), spec)
-                .map(move |(cell, retained)| Row::Retention(table, cell, retained)),
+            views::retention::retention_tables(events.clone(), &specs)
+                .map(|(table, (cell, retained))| Row::Retention(table, cell, retained)),
         );
     }
     if let Some(params) = &config.similarity {

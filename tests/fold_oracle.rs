@@ -144,7 +144,7 @@ type Timed = (u64, (Record, u64, isize));
 type Counters = [i64; 3];
 const DURATIONS: [i64; 2] = [5, 20];
 
-fn passage_update(c: &mut Counters, &(_, windows): &(i64, u8), passage: Passage, diff: isize) {
+fn passage_update(c: &mut Counters, &windows: &u8, passage: Passage, diff: isize) {
     let d = diff as i64;
     match passage {
         Passage::Enter => {
@@ -190,7 +190,7 @@ fn run_passages(
             fold_passages(
                 input.to_collection(scope),
                 &DURATIONS,
-                |&(time, windows): &(i64, u8)| (time, u64::from(windows)),
+                |windows: &u8| u64::from(*windows),
                 &expiry_at,
                 "Test",
                 passage_update,

@@ -156,14 +156,15 @@ where
 }
 
 /// [`fold_by_key`] over the [`passages`] of records through sliding windows: each record
-/// `(key, value)`, whose event time and bit set of windows (bit `w` for `durations[w]`) are
+/// `(key, (event time, value))`, whose bit set of windows (bit `w` for `durations[w]`) is
 /// `windows_of(&value)`, updates its key's state once as it arrives
 /// (`update(state, value, Passage::Enter, diff)`) and once as it leaves each of its windows
 /// (`update(state, value, Passage::Leave(w), diff)`), at the times [`passages`] gives them.
 ///
 /// With [`Expiry::Ticks`] the window and the fold are one operator: the exits a record owes wait
-/// in the operator (see [`passages`]) and are applied to the states in place at the tick they
-/// fall due, so an event costs one trip through the dataflow rather than one per passage. With
+/// in the operator (see [`passages`]; they keep the key and value, not the time) and are applied
+/// to the states in place at the tick they fall due, so an event costs one trip through the
+/// dataflow rather than one per passage. With
 /// [`Expiry::Exact`] this is [`passages`] followed by [`fold_by_key`].
 ///
 /// ```
@@ -176,16 +177,16 @@ where
 /// let seen = Arc::new(Mutex::new(Vec::new()));
 /// let out = seen.clone();
 /// timely::execute_directly(move |worker| {
-///     let mut input: InputSession<u64, (u64, i64), isize> = InputSession::new();
+///     let mut input: InputSession<u64, (u64, (i64, ())), isize> = InputSession::new();
 ///     worker.dataflow::<u64, _, _>(|scope| {
 ///         let out = out.clone();
 ///         fold_passages(
 ///             input.to_collection(scope),
 ///             &[100],
-///             |time: &i64| (*time, 1),
+///             |_: &()| 1,
 ///             &Expiry::Exact,
 ///             "Recent",
-///             |recent: &mut isize, _: &i64, passage, diff| match passage {
+///             |recent: &mut isize, _: &(), passage, diff| match passage {
 ///                 Passage::Enter => *recent += diff,
 ///                 Passage::Leave(_) => *recent -= diff,
 ///             },
@@ -198,7 +199,7 @@ where
 ///         .inspect(move |update| out.lock().unwrap().push(*update));
 ///     });
 ///     input.advance_to(10);
-///     input.insert((7, 10));
+///     input.insert((7, (10, ())));
 ///     input.close();
 /// });
 /// let seen = seen.lock().unwrap().clone();
@@ -206,7 +207,7 @@ where
 /// ```
 #[allow(clippy::too_many_arguments)]
 pub fn fold_passages<'s, K, V, S, O, W, U, R>(
-    collection: VecCollection<'s, u64, (K, V), Diff>,
+    collection: VecCollection<'s, u64, (K, (Time, V)), Diff>,
     durations: &[i64],
     windows_of: W,
     expiry_at: &Expiry<'s>,
@@ -219,7 +220,7 @@ where
     V: ExchangeData,
     S: Default + PartialEq + 'static,
     O: Ord + Clone + 'static,
-    W: Fn(&V) -> (Time, u64) + 'static,
+    W: Fn(&V) -> u64 + 'static,
     U: FnMut(&mut S, &V, Passage, Diff) + 'static,
     R: FnMut(&K, &S, &mut Vec<O>) + 'static,
 {
@@ -229,8 +230,8 @@ where
             let passed = passages(
                 collection,
                 durations,
-                move |(key, value): (K, V)| {
-                    let (time, windows) = windows_of(&value);
+                move |(key, (time, value)): (K, (Time, V))| {
+                    let windows = windows_of(&value);
                     Some((time, (key, value), windows))
                 },
                 expiry_at,
@@ -247,13 +248,13 @@ where
         }
     };
     let durations: Vec<i64> = durations.iter().copied().take(64).collect();
-    let pact = Exchange::new(|((key, _), _, _): &((K, V), u64, Diff)| key.hashed());
+    let pact = Exchange::new(|((key, _), _, _): &((K, (Time, V)), u64, Diff)| key.hashed());
     let mut rows = rows;
     collection
         .inner
         .binary_frontier(ticks, pact, Pipeline, name, move |_, _| {
             // As in `fold_by_key`: updates after the frontier, the states, the round in progress.
-            let mut pending: Pending<K, V> = BTreeMap::new();
+            let mut pending: Pending<K, (Time, V)> = BTreeMap::new();
             let mut keys: Keys<K, S, O> = Keys::default();
             let mut round: Option<Capability<u64>> = None;
             // Exits owed, negated (an insertion owes `-diff`), by the second they fall due.
@@ -384,10 +385,10 @@ fn arrive<K, V, S, O, R>(
     keys: &mut Keys<K, S, O>,
     owed: &mut Owed<(K, V, u8)>,
     durations: &[i64],
-    windows_of: &impl Fn(&V) -> (Time, u64),
+    windows_of: &impl Fn(&V) -> u64,
     update: &mut impl FnMut(&mut S, &V, Passage, Diff),
     rows: &mut R,
-    (key, value, time, diff): (K, V, u64, Diff),
+    (key, (event_time, value), time, diff): (K, (Time, V), u64, Diff),
 ) where
     K: Clone + Ord + Hash,
     V: Clone + Ord,
@@ -395,7 +396,7 @@ fn arrive<K, V, S, O, R>(
     O: Ord + Clone,
     R: FnMut(&K, &S, &mut Vec<O>),
 {
-    let (event_time, windows) = windows_of(&value);
+    let windows = windows_of(&value);
     let mut step = |keys: &mut Keys<K, S, O>, passage: Passage, rows: &mut R| {
         keys.apply(
             key.clone(),

@@ -391,8 +391,8 @@ pub fn all_members_with_state<'s>(
 ) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
     let mut state = PercentileState::default();
     let mut parts = Vec::new();
-    // Up to 64 segments share one fold (a bit each in an event's mark).
-    for group in segments.chunks(64) {
+    // Up to 32 segments share one fold (a bit each in an event's mark).
+    for group in segments.chunks(32) {
         let (part, held) = group_members(events.clone(), group, expiry_at);
         parts.push(part);
         state.extend(held);
@@ -419,8 +419,8 @@ enum Kind {
 /// excludes (a rule's `without`), and its value (for value percentiles; else 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct Mark {
-    counts: u64,
-    excludes: u64,
+    counts: u32,
+    excludes: u32,
     value: i64,
 }
 
@@ -432,7 +432,7 @@ struct Plan {
     /// Distinct `within`s, ascending.
     durations: Vec<i64>,
     /// Per window, the bit set of the segments that use it.
-    users_of: Vec<u64>,
+    users_of: Vec<u32>,
     /// Whether any segment reads values.
     values: bool,
 }
@@ -447,10 +447,10 @@ impl Plan {
         let mut durations: Vec<i64> = segments.iter().map(within).collect();
         durations.sort_unstable();
         durations.dedup();
-        let mut users_of = vec![0u64; durations.len()];
+        let mut users_of = vec![0u32; durations.len()];
         for (i, segment) in segments.iter().enumerate() {
             if let Ok(w) = durations.binary_search(&within(segment)) {
-                users_of[w] |= 1 << i;
+                users_of[w] |= 1u32 << i;
             }
         }
         let kinds = segments
@@ -477,9 +477,9 @@ impl Plan {
 
     /// The event's time, user and mark; `None` if it matters to no segment.
     fn mark(&self, event: &Event) -> Option<(Time, UserId, Mark)> {
-        let (mut counts, mut excludes) = (0u64, 0u64);
+        let (mut counts, mut excludes) = (0u32, 0u32);
         for (i, segment) in self.segments.iter().enumerate() {
-            let bit = 1u64 << i;
+            let bit = 1u32 << i;
             match segment {
                 Segment::Rule(rule) => {
                     if matches(rule, event) {
@@ -532,7 +532,7 @@ impl Plan {
         // Entering adds to every counter; leaving window `w` takes from the window counters of
         // the segments that use it (a dormant segment's first counter is "ever").
         let (sign, only) = match passage {
-            Passage::Enter => (1, u64::MAX),
+            Passage::Enter => (1, u32::MAX),
             Passage::Leave(w) => (-1, self.users_of.get(usize::from(w)).copied().unwrap_or(0)),
         };
         let d = sign * diff;
@@ -582,7 +582,7 @@ impl Plan {
 }
 
 /// The indices of the bits set in `mask`.
-fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         (mask != 0).then(|| {
             let i = mask.trailing_zeros() as usize;
@@ -592,7 +592,7 @@ fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// The members of up to 64 segments, from one window operator and one per-user fold.
+/// The members of up to 32 segments, from one per-user fold over their windows.
 fn group_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segments: &[Segment],
@@ -608,10 +608,10 @@ fn group_members<'s>(
     let rows = fold_passages(
         marked,
         &plan.durations,
-        move |(time, mark): &(Time, Mark)| (*time, windows.windows(mark)),
+        move |mark: &Mark| windows.windows(mark),
         expiry_at,
         "Segments",
-        move |counters: &mut Vec<[i64; 2]>, (_, mark): &(Time, Mark), passage, diff| {
+        move |counters: &mut Vec<[i64; 2]>, mark: &Mark, passage, diff| {
             update.update(counters, mark, passage, diff as i64)
         },
         move |user, counters: &Vec<[i64; 2]>, out| rows.rows(user, counters, out),
