@@ -348,15 +348,11 @@ pub fn build_views<'s>(
         }));
         outputs.push(members.as_collection(|u: &UserId, s: &Sym| Row::Member(*s, *u)));
     }
-    if !config.retention.is_empty() {
-        let specs: Vec<RetentionSpec> = config
-            .retention
-            .iter()
-            .map(|(_, spec)| spec.clone())
-            .collect();
+    for (table, (_, spec)) in config.retention.iter().enumerate() {
+        let table = table as u32;
         outputs.push(
-            views::retention::retention_tables(events.clone(), &specs)
-                .map(|(table, (cell, retained))| Row::Retention(table, cell, retained)),
+            views::retention(events.clone(), spec)
+                .map(move |(cell, retained)| Row::Retention(table, cell, retained)),
         );
     }
     if let Some(params) = &config.similarity {

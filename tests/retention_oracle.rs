@@ -7,9 +7,7 @@ mod common;
 
 use behave::event::{Event, Sym, UserId};
 use behave::time::parse_offset;
-use behave::views::retention::{
-    retention_table, retention_tables, Period, RetentionRow, RetentionSpec,
-};
+use behave::views::retention::{retention, retention_table, Period, RetentionRow, RetentionSpec};
 use chrono::{DateTime, Datelike, NaiveDate};
 use common::dataflow::{at, inserts, run_view, schedule, Update};
 use proptest::prelude::*;
@@ -22,8 +20,7 @@ const START: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
 // ---------------------------------------------------------------------------------------------
 // Harness: feed updates through a dataflow on `workers` workers and capture its output.
 
-/// Runs the retention views of all specs in one dataflow (one fold for all tables,
-/// `retention_tables`); returns each spec's table at `as_of`.
+/// Runs the retention view for each spec in one dataflow; returns each spec's table at `as_of`.
 fn tables(
     workers: usize,
     updates: &[Update],
@@ -32,7 +29,12 @@ fn tables(
 ) -> Vec<Vec<RetentionRow>> {
     let dataflow_specs = specs.to_vec();
     let out = run_view(workers, updates, move |events| {
-        retention_tables(events, &dataflow_specs).map(|(i, row)| (i as usize, row))
+        let parts: Vec<_> = dataflow_specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| retention(events.clone(), spec).map(move |row| (i, row)))
+            .collect();
+        differential_dataflow::collection::concatenate(events.scope(), parts)
     });
     let accumulated = at(&out, as_of as u64);
     specs

@@ -16,7 +16,6 @@ use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 /// A period index (days, ISO weeks or months since the epoch; see [`Period::index`]).
 pub type PeriodIndex = i64;
@@ -164,7 +163,7 @@ impl RetentionSpec {
 fn user_offsets(
     values: impl Iterator<Item = (bool, PeriodIndex)>,
     unbounded: bool,
-    mut give: impl FnMut(PeriodIndex, i64),
+    output: &mut Vec<(PeriodIndex, i64)>,
 ) {
     let mut cohort = None;
     let mut last = 0i64;
@@ -178,11 +177,11 @@ fn user_offsets(
         if unbounded {
             last = last.max(period - c);
         } else if period > c {
-            give(c, period - c);
+            output.push((c, period - c));
         }
     }
     if let Some(c) = cohort {
-        give(c, if unbounded { last } else { 0 });
+        output.push((c, if unbounded { last } else { 0 }));
     }
 }
 
@@ -233,94 +232,58 @@ pub fn retention<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     spec: &RetentionSpec,
 ) -> VecCollection<'s, u64, ((PeriodIndex, i64), u64), Diff> {
-    retention_tables(events, std::slice::from_ref(spec)).map(|(_table, cell)| cell)
-}
-
-/// The [`retention`] counts of several tables at once: `(table, ((cohort, k), retained))`, where
-/// `table` indexes `specs`. One per-user fold keeps every table's periods (a user's update
-/// costs one state lookup whatever the number of tables), and one count gathers the cells.
-pub fn retention_tables<'s>(
-    events: VecCollection<'s, u64, Event, Diff>,
-    specs: &[RetentionSpec],
-) -> VecCollection<'s, u64, (u32, ((PeriodIndex, i64), u64)), Diff> {
-    let scope = events.scope();
-    let specs: Rc<Vec<RetentionSpec>> = Rc::new(specs.iter().take(256).cloned().collect());
-    let tables = specs.clone();
-    // One update per event and table it counts for: its period, and whether it starts a cohort
-    // and counts as a return.
+    let RetentionSpec {
+        period,
+        utc_offset,
+        start_event,
+        return_event,
+        unbounded,
+    } = spec.clone();
+    // One update per event: its period, and whether it starts a cohort and counts as a return.
     let per_user = events.flat_map(move |event: Event| {
-        let tables = tables.clone();
-        (0..tables.len()).filter_map(move |t| {
-            let spec = &tables[t];
-            let starts = spec.start_event.is_none_or(|kind| kind == event.kind);
-            let returns = spec.return_event.is_none_or(|kind| kind == event.kind);
-            (starts || returns).then(|| {
-                let p = spec.index(event.time);
-                (event.user, (t as u8, p, starts, returns))
-            })
+        let starts = start_event.is_none_or(|kind| kind == event.kind);
+        let returns = return_event.is_none_or(|kind| kind == event.kind);
+        (starts || returns).then(|| {
+            let p = period.index(event.time, utc_offset);
+            (event.user, (p, starts, returns))
         })
     });
-    // Each user's multiplicity per (table, is_return, period); the user's cohort and offsets in
-    // each table follow from the periods present.
-    let unbounded: Rc<Vec<bool>> = Rc::new(specs.iter().map(|spec| spec.unbounded).collect());
-    let offsets = unbounded.clone();
+    // Each user's multiplicity per (is_return, period); the user's cohort and offsets follow
+    // from the periods present.
     let per_user = fold_by_key(
         per_user,
         "RetentionUser",
-        |periods: &mut BTreeMap<(u8, bool, PeriodIndex), Diff>, &(t, p, starts, returns), diff| {
+        |periods: &mut BTreeMap<(bool, PeriodIndex), Diff>, &(p, starts, returns), diff| {
             for (on, is_return) in [(starts, false), (returns, true)] {
                 if !on {
                     continue;
                 }
-                let count = periods.entry((t, is_return, p)).or_insert(0);
+                let count = periods.entry((is_return, p)).or_insert(0);
                 *count += diff;
                 if *count == 0 {
-                    periods.remove(&(t, is_return, p));
+                    periods.remove(&(is_return, p));
                 }
             }
         },
-        move |_user, periods, rows: &mut Vec<(u32, PeriodIndex, i64)>| {
-            for (t, unbounded) in offsets.iter().enumerate() {
-                let t = t as u8;
-                let present = periods
-                    .range((t, false, PeriodIndex::MIN)..=(t, true, PeriodIndex::MAX))
-                    .filter(|(_, count)| **count > 0)
-                    .map(|((_, is_return, period), _)| (*is_return, *period));
-                user_offsets(present, *unbounded, |c, k| rows.push((u32::from(t), c, k)));
-            }
+        move |_user, periods, rows: &mut Vec<(PeriodIndex, i64)>| {
+            let present = periods
+                .iter()
+                .filter(|(_, count)| **count > 0)
+                .map(|(value, _)| *value);
+            user_offsets(present, unbounded, rows);
         },
     );
-    let mut parts = Vec::new();
-    if unbounded.iter().any(|u| !u) {
-        let bounded = unbounded.clone();
-        parts.push(
-            per_user
-                .clone()
-                .filter(move |(t, _, _)| !bounded[*t as usize])
-                .map(|(t, c, k)| (t, (c, k)))
-                .count_total()
-                .map(|((t, cell), n)| (t, (cell, n as u64))),
-        );
+    if !unbounded {
+        return per_user
+            .count_total()
+            .map(|(cohort_offset, n)| (cohort_offset, n as u64));
     }
-    if unbounded.iter().any(|u| *u) {
-        parts.push(unbounded_counts(
-            per_user.filter(move |(t, _, _)| unbounded[*t as usize]),
-        ));
-    }
-    differential_dataflow::collection::concatenate(scope, parts)
-}
-
-/// Unbounded retention from each user's `(table, cohort, largest offset)`: each user counts for
-/// every k up to their largest offset; per cohort, the number of users with largest offset
-/// `>= k` (a suffix sum over the offset histogram).
-fn unbounded_counts<'s>(
-    per_user: VecCollection<'s, u64, (u32, PeriodIndex, i64), Diff>,
-) -> VecCollection<'s, u64, (u32, ((PeriodIndex, i64), u64)), Diff> {
+    // Unbounded: each user counts for every k up to their largest offset; per cohort, the
+    // number of users with largest offset >= k (a suffix sum over the offset histogram).
     per_user
-        .map(|(t, c, k)| ((t, c), k))
         .reduce_named(
             "RetentionUnbounded",
-            |_cohort: &(u32, PeriodIndex),
+            |_cohort: &PeriodIndex,
              input: &[(&i64, Diff)],
              output: &mut Vec<((i64, u64), Diff)>| {
                 let Some(&(max, _)) = input.last() else {
@@ -339,7 +302,7 @@ fn unbounded_counts<'s>(
                 }
             },
         )
-        .map(|((t, cohort), (k, n))| (t, ((cohort, k), n)))
+        .map(|(cohort, (k, n))| ((cohort, k), n))
 }
 
 /// One row of a retention table.

@@ -382,7 +382,7 @@ impl<D: Ord + Clone> Owed<D> {
             _ => self
                 .buckets
                 .entry(bucket)
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(64))
                 .push(((due, record), diff)),
         }
         if diff > 0 {
