@@ -3,8 +3,11 @@
 //! and 3 workers. At every time, the accumulated output must equal the rows of the state folded
 //! from every update at or before that time.
 
+mod common;
+
 use behave::views::fold::{fold_by_key, fold_passages};
 use behave::views::window::{Expiry, Passage};
+use common::dataflow::feed;
 use differential_dataflow::input::InputSession;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -51,23 +54,7 @@ fn run(workers: usize, updates: &[(u64, Update)]) -> Vec<(Row, u64, isize)> {
             fold_by_key(input.to_collection(scope), "Test", update, rows)
                 .inspect(move |u| sink.lock().unwrap().push(*u));
         });
-        for (i, (sent, (data, time, diff))) in updates.iter().enumerate() {
-            if *sent > *input.time() {
-                input.advance_to(*sent);
-                input.flush();
-                worker.step();
-            }
-            if i % peers == index {
-                input.update_at(*data, (*time).max(*sent), *diff);
-                // Small batches: several per time.
-                if i % 3 == 0 {
-                    input.flush();
-                    worker.step();
-                }
-            }
-        }
-        input.close();
-        while worker.step() {}
+        feed(worker, input, &updates, |i, _| i % peers == index);
     })
     .expect("timely runs");
     let out = captured.lock().unwrap().clone();

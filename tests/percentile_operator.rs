@@ -3,8 +3,11 @@
 //! batches, some ahead of their time, on 1 and 3 workers. At every time, the threshold must be the
 //! nearest-rank percentile of the metrics present and the members the users at or above it.
 
+mod common;
+
 use behave::event::{Sym, UserId};
 use behave::views::percentile::{at_or_above, percentile_thresholds};
+use common::dataflow::feed;
 use differential_dataflow::input::InputSession;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,23 +41,10 @@ fn run(workers: usize, percentile: u32, updates: &[Update]) -> Output {
                 }
             });
         });
-        for (i, (sent, (data, time, diff))) in updates.iter().enumerate() {
-            if *sent > *input.time() {
-                input.advance_to(*sent);
-                input.flush();
-                worker.step();
-            }
-            // Each user's updates from one worker, as the metric folds send them.
-            if (data.1 .0 as usize) % peers == index {
-                input.update_at(*data, *time, *diff);
-                if i % 3 == 0 {
-                    input.flush();
-                    worker.step();
-                }
-            }
-        }
-        input.close();
-        while worker.step() {}
+        // Each user's updates from one worker, as the metric folds send them.
+        feed(worker, input, &updates, |_, (_, user)| {
+            user.0 as usize % peers == index
+        });
     })
     .expect("timely runs");
     let members = members.lock().unwrap().clone();

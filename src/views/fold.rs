@@ -18,16 +18,47 @@ use super::{sorted_changes, Diff};
 use crate::event::Time;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
-use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::hash::Hash;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, InputCapability};
 
-/// Updates waiting for the frontier to reach their time: by time, the capability to emit at that
-/// time and the `(key, value, diff)` updates.
-type Pending<K, V> = BTreeMap<u64, (Capability<u64>, Vec<(K, V, Diff)>)>;
+/// Updates waiting for their time: by time, the capability to give at that time and the
+/// `(data, diff)` updates.
+pub(crate) type Pending<D> = BTreeMap<u64, (Capability<u64>, Vec<(D, Diff)>)>;
+
+/// Files `(data, time, diff)` under its time in `pending`, retaining a capability for the time
+/// from `cap` (that of the batch it came in).
+pub(crate) fn file<D>(
+    pending: &mut Pending<D>,
+    cap: &InputCapability<u64>,
+    data: D,
+    time: u64,
+    diff: Diff,
+) {
+    pending
+        .entry(time)
+        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+        .1
+        .push((data, diff));
+}
+
+/// Starts the round of updates at the frontier `open` (the batch's capability `cap` allows
+/// giving there) if updates were applied and no round is in progress.
+fn start_round(
+    round: &mut Option<Capability<u64>>,
+    applied: bool,
+    open: Option<u64>,
+    cap: &InputCapability<u64>,
+) {
+    // Updates apply only at the frontier (an input holding data is never done).
+    if applied && round.is_none() {
+        let time = open.or_else(|| cap.least().copied()).unwrap_or_default();
+        *round = Some(cap.delayed(&time, 0));
+    }
+}
 
 /// The collection of `rows(key, state)` over every key, where a key's `state` is
 /// `S::default()` updated by `update(&mut state, &value, diff)` for each of the key's updates
@@ -95,7 +126,7 @@ where
         .inner
         .unary_frontier(pact, name, move |_, _| {
             // Updates at times after the frontier, by time, with the capability to emit there.
-            let mut pending: Pending<K, V> = BTreeMap::new();
+            let mut pending: Pending<(K, V)> = BTreeMap::new();
             let mut keys: Keys<K, S, O> = Keys::default();
             // The round in progress: updates at the frontier applied since the last settle, to
             // be given at this capability's time once the frontier passes it.
@@ -119,7 +150,7 @@ where
                         break;
                     }
                     let (cap, updates) = entry.remove();
-                    for (key, value, diff) in updates {
+                    for ((key, value), diff) in updates {
                         keys.apply(key, &value, diff, &mut update, &mut rows);
                     }
                     if open == Some(*cap.time()) {
@@ -134,21 +165,11 @@ where
                         if open.is_none_or(|open| time <= open) {
                             keys.apply(key, &value, diff, &mut update, &mut rows);
                             applied = true;
-                            continue;
+                        } else {
+                            file(&mut pending, &cap, (key, value), time, diff);
                         }
-                        let updates = match pending.entry(time) {
-                            Entry::Occupied(entry) => entry.into_mut(),
-                            Entry::Vacant(entry) => {
-                                entry.insert((cap.delayed(&time, 0), Vec::new()))
-                            }
-                        };
-                        updates.1.push((key, value, diff));
                     }
-                    // Updates apply only at the frontier (an input holding data is never done).
-                    if applied && round.is_none() {
-                        let time = open.or_else(|| cap.least().copied()).unwrap_or_default();
-                        round = Some(cap.delayed(&time, 0));
-                    }
+                    start_round(&mut round, applied, open, &cap);
                 });
             }
         })
@@ -254,7 +275,7 @@ where
         .inner
         .binary_frontier(ticks, pact, Pipeline, name, move |_, _| {
             // As in `fold_by_key`: updates after the frontier, the states, the round in progress.
-            let mut pending: Pending<K, (Time, V)> = BTreeMap::new();
+            let mut pending: Pending<(K, (Time, V))> = BTreeMap::new();
             let mut keys: Keys<K, S, O> = Keys::default();
             let mut round: Option<Capability<u64>> = None;
             // Exits owed, negated (an insertion owes `-diff`), by the second they fall due.
@@ -267,6 +288,12 @@ where
                     batch.clear();
                     if let Some(cap) = cap.retain_least(0) {
                         marks.entry(*cap.time()).or_insert(cap);
+                    }
+                });
+                // Every update waits in `pending` until it can apply, in time order with ticks.
+                input.for_each(|cap, batch| {
+                    for ((key, value), time, diff) in batch.drain(..) {
+                        file(&mut pending, &cap, (key, value), time, diff);
                     }
                 });
                 // Updates apply at the least time either input may still bring: a tick before a
@@ -303,7 +330,7 @@ where
                             let Some((_, (cap, updates))) = pending.pop_first() else {
                                 break;
                             };
-                            for (key, value, diff) in updates {
+                            for ((key, value), diff) in updates {
                                 arrive(
                                     &mut keys,
                                     &mut owed,
@@ -344,36 +371,6 @@ where
                         _ => settle(&mut keys, &mut rows, &cap),
                     }
                 }
-                input.for_each(|cap, batch| {
-                    let mut applied = false;
-                    for ((key, value), time, diff) in batch.drain(..) {
-                        if open.is_none_or(|open| time <= open) {
-                            arrive(
-                                &mut keys,
-                                &mut owed,
-                                &durations,
-                                &windows_of,
-                                &mut update,
-                                &mut rows,
-                                (key, value, time, diff),
-                            );
-                            applied = true;
-                            continue;
-                        }
-                        let updates = match pending.entry(time) {
-                            Entry::Occupied(entry) => entry.into_mut(),
-                            Entry::Vacant(entry) => {
-                                entry.insert((cap.delayed(&time, 0), Vec::new()))
-                            }
-                        };
-                        updates.1.push((key, value, diff));
-                    }
-                    owed.settle();
-                    if applied && round.is_none() {
-                        let time = open.or_else(|| cap.least().copied()).unwrap_or_default();
-                        round = Some(cap.delayed(&time, 0));
-                    }
-                });
             }
         })
         .as_collection()

@@ -15,6 +15,7 @@
 //! [`fold_by_key`](super::fold::fold_by_key)): the output at every time is exactly the
 //! nearest-rank definition applied to the metrics at that time.
 
+use super::fold::{file, Pending};
 use super::Diff;
 use crate::event::{Sym, UserId};
 use differential_dataflow::hashable::Hashable;
@@ -26,7 +27,6 @@ use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::Capability;
 
 /// The histogram of the metrics of a set of users with a cursor at its nearest-rank
 /// `percentile`-th percentile: the threshold and the number of users below it. Moving the cursor
@@ -132,24 +132,6 @@ impl Ranks {
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
     }
-}
-
-/// Updates waiting for their time to complete, with a capability to emit at that time.
-type Pending<D> = BTreeMap<u64, (Capability<u64>, Vec<(D, Diff)>)>;
-
-/// Files `(data, time, diff)` under its time in `pending`, retaining a capability for the time.
-fn file<D>(
-    pending: &mut Pending<D>,
-    cap: &timely::dataflow::operators::InputCapability<u64>,
-    data: D,
-    time: u64,
-    diff: Diff,
-) {
-    pending
-        .entry(time)
-        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-        .1
-        .push((data, diff));
 }
 
 /// The users each worker keeps for a percentile segment, ordered by metric: what the forget

@@ -292,16 +292,7 @@ pub fn percentile_members<'s>(
     segment: &Percentile,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    percentile_members_with_state(events, segment, expiry_at).0
-}
-
-/// [`percentile_members`], with the operator state that names users (for the forget audit).
-pub fn percentile_members_with_state<'s>(
-    events: VecCollection<'s, u64, Event, Diff>,
-    segment: &Percentile,
-    expiry_at: &Expiry<'s>,
-) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
-    all_members_with_state(events, &[Segment::Percentile(segment.clone())], expiry_at)
+    all_members(events, &[Segment::Percentile(segment.clone())], expiry_at)
 }
 
 /// Members of a dormant segment: `(Sym::of(name), user)` for every user with an event at or
@@ -355,16 +346,7 @@ pub fn members<'s>(
     segment: &Segment,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    members_with_state(events, segment, expiry_at).0
-}
-
-/// [`members`], with the operator state that names users (for the forget audit).
-pub fn members_with_state<'s>(
-    events: VecCollection<'s, u64, Event, Diff>,
-    segment: &Segment,
-    expiry_at: &Expiry<'s>,
-) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
-    all_members_with_state(events, std::slice::from_ref(segment), expiry_at)
+    all_members(events, std::slice::from_ref(segment), expiry_at)
 }
 
 /// Members of every segment in `segments`, in one collection keyed by [`Segment::key`].
