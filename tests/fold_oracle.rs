@@ -191,7 +191,7 @@ fn run_passages(
                        worker: &mut timely::worker::Worker| {
             while *input.time() < to {
                 let now = *input.time();
-                if now % 3 == 0 {
+                if now.is_multiple_of(3) {
                     ticks.send(());
                 }
                 input.advance_to(now + 1);

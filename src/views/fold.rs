@@ -29,6 +29,9 @@ use timely::dataflow::operators::{Capability, InputCapability};
 /// `(data, diff)` updates.
 pub(crate) type Pending<D> = BTreeMap<u64, (Capability<u64>, Vec<(D, Diff)>)>;
 
+/// An exit of a record from a window at a time: `((key, value, window), time)`.
+type Exit<K, V> = ((K, V, u8), u64);
+
 /// Files `(data, time, diff)` under its time in `pending`, retaining a capability for the time
 /// from `cap` (that of the batch it came in).
 pub(crate) fn file<D>(
@@ -282,7 +285,7 @@ where
             let mut owed: Owed<(K, V, u8)> = Owed::default();
             // Ticks not yet acted on, with the capability to give at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            let mut due: Vec<(((K, V, u8), u64), Diff)> = Vec::new();
+            let mut due: Vec<(Exit<K, V>, Diff)> = Vec::new();
             move |(input, frontier), (ticks, ticks_frontier), output| {
                 ticks.for_each(|cap, batch| {
                     batch.clear();
