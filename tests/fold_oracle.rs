@@ -7,11 +7,10 @@ mod common;
 
 use behave::views::fold::{fold_by_key, fold_passages};
 use behave::views::window::{Expiry, Passage};
-use common::dataflow::feed;
+use common::dataflow::{capture, feed};
 use differential_dataflow::input::InputSession;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::vec::input::Handle;
 
 /// `(key, value)` updated at `time` by `diff`.
@@ -42,23 +41,17 @@ fn rows(key: &u8, state: &State, rows: &mut Vec<Row>) {
 /// Runs the fold on `workers` workers. Worker `i` sends the updates with index `i` modulo the
 /// peers, each at the input time `sent`, so updates for later times arrive early.
 fn run(workers: usize, updates: &[(u64, Update)]) -> Vec<(Row, u64, isize)> {
-    let updates = Arc::new(updates.to_vec());
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let sink = captured.clone();
-    timely::execute(timely::Config::process(workers), move |worker| {
+    let updates = updates.to_vec();
+    capture(workers, move |worker, sink| {
         let index = worker.index();
         let peers = worker.peers();
         let mut input: InputSession<u64, (u8, u8), isize> = InputSession::new();
-        let sink = sink.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             fold_by_key(input.to_collection(scope), "Test", update, rows)
                 .inspect(move |u| sink.lock().unwrap().push(*u));
         });
         feed(worker, input, &updates, |i, _| i % peers == index);
     })
-    .expect("timely runs");
-    let out = captured.lock().unwrap().clone();
-    out
 }
 
 /// The rows at `as_of` from a plain fold of every update at or before it.
@@ -159,15 +152,12 @@ fn run_passages(
     ticked: bool,
     updates: &[Timed],
 ) -> Vec<((u8, Counters), u64, isize)> {
-    let updates = Arc::new(updates.to_vec());
-    let captured = Arc::new(Mutex::new(Vec::new()));
-    let sink = captured.clone();
-    timely::execute(timely::Config::process(workers), move |worker| {
+    let updates = updates.to_vec();
+    capture(workers, move |worker, sink| {
         let index = worker.index();
         let peers = worker.peers();
         let mut input: InputSession<u64, Record, isize> = InputSession::new();
         let mut ticks: Handle<u64, ()> = Handle::new();
-        let sink = sink.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let expiry_at = if ticked {
                 Expiry::Ticks(ticks.to_stream(scope))
@@ -215,9 +205,6 @@ fn run_passages(
         drop(ticks);
         while worker.step() {}
     })
-    .expect("timely runs");
-    let out = captured.lock().unwrap().clone();
-    out
 }
 
 /// The rows at `as_of` from the definitions: a record counts in window `w` from its logical

@@ -63,6 +63,16 @@ fn start_round(
     }
 }
 
+/// Gives the row changes of the round that `keys` settles at the time of capability `cap`.
+macro_rules! settle {
+    ($keys:expr, $rows:expr, $output:expr, $cap:expr) => {{
+        let cap: &Capability<u64> = $cap;
+        let time = *cap.time();
+        let mut session = $output.session(cap);
+        $keys.settle(&mut $rows, |row, diff| session.give((row, time, diff)));
+    }};
+}
+
 /// The collection of `rows(key, state)` over every key, where a key's `state` is
 /// `S::default()` updated by `update(&mut state, &value, diff)` for each of the key's updates
 /// at or before the time. Only the rows of keys that changed are touched: each time gives one
@@ -140,13 +150,8 @@ where
                 // changes are given once the frontier passes it, so a key changed by several
                 // batches of one time gives one change.
                 let open = frontier.frontier().first().copied();
-                let mut settle = |keys: &mut Keys<K, S, O>, rows: &mut R, cap: &Capability<u64>| {
-                    let time = *cap.time();
-                    let mut session = output.session(cap);
-                    keys.settle(rows, |row, diff| session.give((row, time, diff)));
-                };
                 if let Some(cap) = round.take_if(|cap| open.is_none_or(|open| *cap.time() < open)) {
-                    settle(&mut keys, &mut rows, &cap);
+                    settle!(keys, rows, output, &cap);
                 }
                 while let Some(entry) = pending.first_entry() {
                     if open.is_some_and(|open| *entry.key() > open) {
@@ -159,7 +164,7 @@ where
                     if open == Some(*cap.time()) {
                         round.get_or_insert(cap);
                     } else {
-                        settle(&mut keys, &mut rows, &cap);
+                        settle!(keys, rows, output, &cap);
                     }
                 }
                 input.for_each(|cap, batch| {
@@ -306,13 +311,8 @@ where
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let mut settle = |keys: &mut Keys<K, S, O>, rows: &mut R, cap: &Capability<u64>| {
-                    let time = *cap.time();
-                    let mut session = output.session(cap);
-                    keys.settle(rows, |row, diff| session.give((row, time, diff)));
-                };
                 if let Some(cap) = round.take_if(|cap| open.is_none_or(|open| *cap.time() < open)) {
-                    settle(&mut keys, &mut rows, &cap);
+                    settle!(keys, rows, output, &cap);
                 }
                 // Pending updates that can apply and ticks that can act, in time order (updates
                 // first at equal times).
@@ -371,7 +371,7 @@ where
                     match &round {
                         Some(current) if current.time() == cap.time() => {}
                         _ if open == Some(*cap.time()) => round = Some(cap),
-                        _ => settle(&mut keys, &mut rows, &cap),
+                        _ => settle!(keys, rows, output, &cap),
                     }
                 }
             }

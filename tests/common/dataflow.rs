@@ -178,3 +178,23 @@ pub fn feed<D: differential_dataflow::Data>(
     input.close();
     while worker.step() {}
 }
+
+/// Where a test dataflow puts its output updates.
+pub type Sink<D> = Arc<Mutex<Vec<D>>>;
+
+/// Runs `build(worker, sink)` on each of `workers` workers and returns everything they put in
+/// their sinks.
+pub fn capture<D, F>(workers: usize, build: F) -> Vec<D>
+where
+    D: Clone + Send + 'static,
+    F: Fn(&mut timely::worker::Worker, Sink<D>) + Send + Sync + 'static,
+{
+    let captured: Sink<D> = Arc::new(Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        build(worker, sink.clone())
+    })
+    .expect("timely runs");
+    let out = captured.lock().unwrap().clone();
+    out
+}
