@@ -332,7 +332,13 @@ pub fn build_views<'s>(
         outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
     }
     if !config.segments.is_empty() {
-        let members = segments::all_members(events.clone(), &config.segments, expiry_at)
+        let (members, state) =
+            segments::all_members_with_state(events.clone(), &config.segments, expiry_at);
+        audited.push(Box::new(InOperator {
+            name: "percentile_operators".into(),
+            count: Box::new(move |users| state.records_naming(|u| users.binary_search(u).is_ok())),
+        }));
+        let members = members
             .map(|(segment, user)| (user, segment))
             .concat(pulse_users(events.clone(), Sym::of(PURGE_EVENT)))
             .arrange_by_key_named("SegmentMembers");

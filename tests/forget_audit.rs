@@ -7,7 +7,7 @@ use behave::event::{Event, UserId};
 use behave::ingest::Epoch;
 use behave::runtime::{Audit, Cluster, Row, Runner, ViewConfig};
 use behave::views::recommend::RecommendParams;
-use behave::views::segments::{Dormant, Segment};
+use behave::views::segments::{Dormant, Metric, Percentile, Segment};
 use behave::views::similarity::{Interactions, SimilarityParams};
 
 fn views() -> ViewConfig {
@@ -16,6 +16,15 @@ fn views() -> ViewConfig {
     config.segments.push(Segment::Dormant(Dormant {
         name: "asleep".into(),
         within: 3_600,
+    }));
+    // Everyone is at or above the 1st percentile of event counts over a day: the percentile
+    // operators hold every user.
+    config.segments.push(Segment::Percentile(Percentile {
+        name: "everyone".into(),
+        percentile: 1,
+        within: 86_400,
+        event: None,
+        metric: Metric::Count,
     }));
     // Everyone views the same films: everyone is everyone's neighbour.
     config.similarity = Some(SimilarityParams {
@@ -74,9 +83,9 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> Audit {
     runner.sync(epoch(30_000, workers, retractions)).unwrap();
     let finished = runner.finish(30_000, audit_for).unwrap();
     // user_times, sessions, engagement, segment memberships, similarity, recommendations and
-    // the in-place state of the similarity operators and of the recommendation ranking, on
-    // every worker.
-    assert_eq!(finished.audit.traces, 8 * workers);
+    // the in-place state of the percentile operators, of the similarity operators and of the
+    // recommendation ranking, on every worker.
+    assert_eq!(finished.audit.traces, 9 * workers);
     // The views no longer mention forgotten users, and still mention the others.
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {
@@ -104,8 +113,8 @@ fn forgotten_users_leave_no_record_in_any_arrangement() {
 fn the_audit_finds_records_that_are_there() {
     // User 3 was never forgotten: 20 times in user_times, 15 sessions... all present.
     let audit = run(1, &[2], vec![UserId(3)]);
-    // 20 event times + its sessions + 1 engagement row + 1 dormant membership, each one
-    // physical update after compaction.
-    assert!(audit.residual_records >= 23, "{audit:?}");
+    // 20 event times + its sessions + 1 engagement row + 2 memberships (dormant, percentile)
+    // + 1 entry in the percentile operators, each one physical update after compaction.
+    assert!(audit.residual_records >= 25, "{audit:?}");
     assert_eq!(audit.physical_records, audit.residual_records, "{audit:?}");
 }

@@ -157,6 +157,24 @@ impl RetentionSpec {
     }
 }
 
+/// A user's multiplicity per `(is_return, period)`, sorted, without zeros: a few dozen entries
+/// at most for daily periods over a month, so a sorted vector (one allocation, binary search)
+/// rather than a map.
+type Periods = Vec<((bool, PeriodIndex), Diff)>;
+
+/// Adds `diff` to the multiplicity of `key` in `periods`, dropping it at zero.
+fn add_period(periods: &mut Periods, key: (bool, PeriodIndex), diff: Diff) {
+    match periods.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(i) => {
+            periods[i].1 += diff;
+            if periods[i].1 == 0 {
+                periods.remove(i);
+            }
+        }
+        Err(i) => periods.insert(i, (key, diff)),
+    }
+}
+
 /// Per user, from their sorted distinct `(is_return, period)` values: the user's cohort and the
 /// offsets `k` they count for. Bounded: `0` and every `p - c > 0` with a return in `p`;
 /// unbounded: only the largest such offset (or `0`), expanded per cohort later.
@@ -253,22 +271,17 @@ pub fn retention<'s>(
     let per_user = fold_by_key(
         per_user,
         "RetentionUser",
-        |periods: &mut BTreeMap<(bool, PeriodIndex), Diff>, &(p, starts, returns), diff| {
+        |periods: &mut Periods, &(p, starts, returns), diff| {
             for (on, is_return) in [(starts, false), (returns, true)] {
-                if !on {
-                    continue;
-                }
-                let count = periods.entry((is_return, p)).or_insert(0);
-                *count += diff;
-                if *count == 0 {
-                    periods.remove(&(is_return, p));
+                if on {
+                    add_period(periods, (is_return, p), diff);
                 }
             }
         },
-        move |_user, periods, rows: &mut Vec<(PeriodIndex, i64)>| {
+        move |_user, periods: &Periods, rows: &mut Vec<(PeriodIndex, i64)>| {
             let present = periods
                 .iter()
-                .filter(|(_, count)| **count > 0)
+                .filter(|(_, count)| *count > 0)
                 .map(|(value, _)| *value);
             user_offsets(present, unbounded, rows);
         },

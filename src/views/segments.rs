@@ -13,19 +13,24 @@
 //! [`Expiry`]), so a user can leave a rule segment, or enter the dormant
 //! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
-//! Each kind keeps a few counters per user ([`fold_by_key`]): events
-//! in the window, events ever seen, so an event costs a counter update rather than a pass
-//! through an arrangement.
+//! All segments of a spec share one per-user fold over their windows ([`fold_passages`]): an
+//! event is marked once with what it means to each segment, enters every window at once and
+//! leaves each distinct `within` once, and the fold keeps two counters per user and segment
+//! (events in the window, events ever or excluding events), so an event costs a few counter
+//! updates rather than a pass through an arrangement. Percentile thresholds and their members
+//! are kept by the incremental operators of [`percentile`](super::percentile).
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::fold::fold_by_key;
-use super::window::{sliding_project, Expiry};
+use super::fold::fold_passages;
+use super::percentile::{at_or_above, percentile_thresholds, PercentileState};
+use super::window::{Expiry, Passage};
 use super::Diff;
-use crate::event::{Event, Sym, UserId};
+use crate::event::{Event, Sym, Time, UserId};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 
 /// A rule segment: users who performed `event`, with every property filter matching, at least
 /// `at_least` times within the last `within` seconds, and (when `without` is set) no event of
@@ -234,31 +239,7 @@ pub fn rule_members<'s>(
     rule: &Rule,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    let key = Sym::of(&rule.name);
-    let at_least = rule.at_least.max(1) as i64;
-    let predicate = rule.clone();
-    // Each event in the window as (matching, excluding): whether it counts, and whether it is of
-    // the `without` type.
-    let without = rule.without;
-    let relevant =
-        events.filter(move |event| matches(&predicate, event) || without == Some(event.kind));
-    let predicate = rule.clone();
-    let window = recent(relevant, rule.within, expiry_at, move |event| {
-        (matches(&predicate, event), without == Some(event.kind))
-    });
-    fold_by_key(
-        window,
-        "RuleSegment",
-        |(matching, excluded): &mut (i64, i64), &(counts, excludes): &(bool, bool), diff| {
-            *matching += i64::from(counts) * diff as i64;
-            *excluded += i64::from(excludes) * diff as i64;
-        },
-        move |user, &(matching, excluded), rows| {
-            if matching >= at_least && excluded == 0 {
-                rows.push((key, *user));
-            }
-        },
-    )
+    all_members(events, &[Segment::Rule(rule.clone())], expiry_at)
 }
 
 /// The nearest-rank `percentile`-th percentile of a histogram: `histogram` holds
@@ -305,65 +286,16 @@ pub fn percentile_threshold<M: Copy>(
 /// within the window whose [`Metric`] there is at or above the nearest-rank percentile of all
 /// such users' metrics ([`percentile_threshold`]).
 ///
-/// Each user's metric is a running count and sum over their windowed events ([`fold_by_key`]).
-/// The threshold is computed by one reduction over the histogram `metric -> number of users`
-/// (so each change costs time proportional to the number of distinct metrics, not users), which
-/// yields the qualifying metrics; users are joined back to them by metric.
+/// Each user's metric is a running count and sum over their windowed events ([`fold_passages`]).
+/// The threshold and the users at or above it are kept by the operators of
+/// [`percentile`](super::percentile): a change costs the distinct metrics the threshold crosses
+/// and the users whose membership changes, not a pass over all users.
 pub fn percentile_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Percentile,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    let key = Sym::of(&segment.name);
-    let percentile = segment.percentile;
-    let counted = match segment.event {
-        Some(kind) => events.filter(move |event| event.kind == kind),
-        None => events,
-    };
-    let window = recent(counted, segment.within, expiry_at, |event| {
-        event.value.map_or(0, |v| v.0)
-    });
-    let metric = segment.metric;
-    // Each user's (events, sum of values) in the window; users with no counted event have none.
-    let metrics = fold_by_key(
-        window,
-        "PercentileMetric",
-        |(events, sum): &mut (i64, i64), value: &i64, diff| {
-            *events += diff as i64;
-            *sum += *value * diff as i64;
-        },
-        move |user, &(events, sum), rows| {
-            if events > 0 {
-                let value = match metric {
-                    Metric::Count => events,
-                    Metric::Value => sum,
-                };
-                rows.push((value, *user));
-            }
-        },
-    );
-    // The diff of `(key, metric)` is the number of users with that metric: the histogram.
-    let qualifying = metrics
-        .clone()
-        .map(move |(metric, _user)| (key, metric))
-        .reduce_named(
-            "PercentileThreshold",
-            move |_key, histogram: &[(&i64, Diff)], output: &mut Vec<(i64, Diff)>| {
-                let pairs = histogram.iter().map(|(metric, n)| (**metric, *n as i64));
-                if let Some(threshold) = percentile_threshold(pairs, percentile) {
-                    output.extend(
-                        histogram
-                            .iter()
-                            .filter(|(metric, n)| **metric >= threshold && *n > 0)
-                            .map(|(metric, _)| (**metric, 1)),
-                    );
-                }
-            },
-        );
-    metrics
-        .map(move |(metric, user)| ((key, metric), user))
-        .semijoin(qualifying)
-        .map(|((key, _metric), user)| (key, user))
+    all_members(events, &[Segment::Percentile(segment.clone())], expiry_at)
 }
 
 /// Members of a dormant segment: `(Sym::of(name), user)` for every user with an event at or
@@ -408,43 +340,7 @@ pub fn dormant_members<'s>(
     segment: &Dormant,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    let key = Sym::of(&segment.name);
-    // Every event once as seen (`false`), and again while in the window (`true`).
-    let active = recent(events.clone(), segment.within, expiry_at, |_| true);
-    let seen = events.map(|event| (event.user, false));
-    fold_by_key(
-        seen.concat(active),
-        "DormantSegment",
-        |(seen, active): &mut (i64, i64), &recent: &bool, diff| {
-            let counter = if recent { active } else { seen };
-            *counter += diff as i64;
-        },
-        move |user, &(seen, active), rows| {
-            if seen > 0 && active == 0 {
-                rows.push((key, *user));
-            }
-        },
-    )
-}
-
-/// `(user, tag(event))` for every event in the last `within` seconds ([`sliding_project`]):
-/// only what a segment reads, so a window holds a few words per event rather than whole events,
-/// and a user's events that enter or leave at one time travel as one update.
-fn recent<'s, X>(
-    events: VecCollection<'s, u64, Event, Diff>,
-    within: i64,
-    expiry_at: &Expiry<'s>,
-    tag: impl Fn(&Event) -> X + 'static,
-) -> VecCollection<'s, u64, (UserId, X), Diff>
-where
-    X: Ord + Clone + 'static,
-{
-    sliding_project(
-        events,
-        within,
-        move |event| (event.time, (event.user, tag(&event))),
-        expiry_at,
-    )
+    all_members(events, &[Segment::Dormant(segment.clone())], expiry_at)
 }
 
 /// Members of any segment, keyed by [`Segment::key`], with windows expiring as `expiry_at` says.
@@ -453,11 +349,7 @@ pub fn members<'s>(
     segment: &Segment,
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    match segment {
-        Segment::Rule(rule) => rule_members(events, rule, expiry_at),
-        Segment::Percentile(p) => percentile_members(events, p, expiry_at),
-        Segment::Dormant(d) => dormant_members(events, d, expiry_at),
-    }
+    all_members(events, std::slice::from_ref(segment), expiry_at)
 }
 
 /// Members of every segment in `segments`, in one collection keyed by [`Segment::key`].
@@ -466,11 +358,279 @@ pub fn all_members<'s>(
     segments: &[Segment],
     expiry_at: &Expiry<'s>,
 ) -> VecCollection<'s, u64, (Sym, UserId), Diff> {
-    let parts: Vec<_> = segments
+    all_members_with_state(events, segments, expiry_at).0
+}
+
+/// [`all_members`], with the operator state that names users (for the forget audit).
+///
+/// The segments share their windows and their per-user state: one per-user fold
+/// ([`fold_passages`]) takes each event once, owes one exit per distinct `within` the event
+/// matters to, and keeps two counters per segment. Its changed rows are the members of rule and
+/// dormant segments and the metrics of percentile segments, whose thresholds and members the
+/// operators of [`percentile`](super::percentile) maintain.
+pub fn all_members_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segments: &[Segment],
+    expiry_at: &Expiry<'s>,
+) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
+    let mut state = PercentileState::default();
+    let mut parts = Vec::new();
+    // Up to 32 segments share one fold (a bit each in an event's mark).
+    for group in segments.chunks(32) {
+        let (part, held) = group_members(events.clone(), group, expiry_at);
+        parts.push(part);
+        state.extend(held);
+    }
+    (
+        differential_dataflow::collection::concatenate(events.scope(), parts),
+        state,
+    )
+}
+
+/// How a segment reads its two per-user counters.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Counters: matching events in the window, excluding events in the window.
+    Rule { at_least: i64 },
+    /// Counters: counted events in the window, the sum of their values.
+    Percentile { metric: Metric },
+    /// Counters: events ever, events in the window.
+    Dormant,
+}
+
+/// What one event means to each segment of a group (bit `i` for segment `i`): whether it counts
+/// (matches a rule, is counted by a percentile, is an event for a dormant segment), whether it
+/// excludes (a rule's `without`), and its value (for value percentiles; else 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Mark {
+    counts: u32,
+    excludes: u32,
+    value: i64,
+}
+
+/// The segments of a group, compiled: each one's kind and window, and the distinct windows.
+#[derive(Clone)]
+struct Plan {
+    segments: Vec<Segment>,
+    kinds: Vec<Kind>,
+    /// Distinct `within`s, ascending.
+    durations: Vec<i64>,
+    /// Per window, the bit set of the segments that use it.
+    users_of: Vec<u32>,
+    /// Whether any segment reads values.
+    values: bool,
+}
+
+impl Plan {
+    fn new(segments: &[Segment]) -> Plan {
+        let within = |segment: &Segment| match segment {
+            Segment::Rule(r) => r.within,
+            Segment::Percentile(p) => p.within,
+            Segment::Dormant(d) => d.within,
+        };
+        let mut durations: Vec<i64> = segments.iter().map(within).collect();
+        durations.sort_unstable();
+        durations.dedup();
+        let mut users_of = vec![0u32; durations.len()];
+        for (i, segment) in segments.iter().enumerate() {
+            if let Ok(w) = durations.binary_search(&within(segment)) {
+                users_of[w] |= 1u32 << i;
+            }
+        }
+        let kinds = segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Rule(r) => Kind::Rule {
+                    at_least: r.at_least.max(1) as i64,
+                },
+                Segment::Percentile(p) => Kind::Percentile { metric: p.metric },
+                Segment::Dormant(_) => Kind::Dormant,
+            })
+            .collect();
+        let values = segments
+            .iter()
+            .any(|segment| matches!(segment, Segment::Percentile(p) if p.metric == Metric::Value));
+        Plan {
+            segments: segments.to_vec(),
+            kinds,
+            durations,
+            users_of,
+            values,
+        }
+    }
+
+    /// The event's time, user and mark; `None` if it matters to no segment.
+    fn mark(&self, event: &Event) -> Option<(Time, UserId, Mark)> {
+        let (mut counts, mut excludes) = (0u32, 0u32);
+        for (i, segment) in self.segments.iter().enumerate() {
+            let bit = 1u32 << i;
+            match segment {
+                Segment::Rule(rule) => {
+                    if matches(rule, event) {
+                        counts |= bit;
+                    }
+                    if rule.without == Some(event.kind) {
+                        excludes |= bit;
+                    }
+                }
+                Segment::Percentile(p) => {
+                    if p.event.is_none_or(|kind| kind == event.kind) {
+                        counts |= bit;
+                    }
+                }
+                Segment::Dormant(_) => counts |= bit,
+            }
+        }
+        if counts | excludes == 0 {
+            return None;
+        }
+        let value = if self.values {
+            event.value.map_or(0, |v| v.0)
+        } else {
+            0
+        };
+        let mark = Mark {
+            counts,
+            excludes,
+            value,
+        };
+        Some((event.time, event.user, mark))
+    }
+
+    /// The windows (bit `w` for `durations[w]`) an event with `mark` matters to.
+    fn windows(&self, mark: &Mark) -> u64 {
+        let any = mark.counts | mark.excludes;
+        self.users_of
+            .iter()
+            .enumerate()
+            .filter(|(_, users)| *users & any != 0)
+            .fold(0u64, |windows, (w, _)| windows | 1 << w)
+    }
+
+    /// Applies one passage of an event with `mark` to a user's counters (two per segment; an
+    /// empty vector is all zeros).
+    fn update(&self, counters: &mut Vec<[i64; 2]>, mark: &Mark, passage: Passage, diff: i64) {
+        if counters.is_empty() {
+            counters.resize(self.kinds.len(), [0, 0]);
+        }
+        // Entering adds to every counter; leaving window `w` takes from the window counters of
+        // the segments that use it (a dormant segment's first counter is "ever").
+        let (sign, only) = match passage {
+            Passage::Enter => (1, u32::MAX),
+            Passage::Leave(w) => (-1, self.users_of.get(usize::from(w)).copied().unwrap_or(0)),
+        };
+        let d = sign * diff;
+        for i in bits(mark.counts & only) {
+            let c = &mut counters[i];
+            match self.kinds[i] {
+                Kind::Rule { .. } => c[0] += d,
+                Kind::Percentile { .. } => {
+                    c[0] += d;
+                    c[1] += mark.value * d;
+                }
+                Kind::Dormant => {
+                    if sign > 0 {
+                        c[0] += d;
+                    }
+                    c[1] += d;
+                }
+            }
+        }
+        for i in bits(mark.excludes & only) {
+            counters[i][1] += d;
+        }
+        if counters.iter().all(|c| *c == [0, 0]) {
+            counters.clear();
+        }
+    }
+
+    /// A user's rows from their counters: `(segment, 0)` for membership of a rule or dormant
+    /// segment, `(segment, metric)` for a user ranked by a percentile segment.
+    fn rows(&self, user: &UserId, counters: &[[i64; 2]], rows: &mut Vec<(u32, i64, UserId)>) {
+        for (i, (kind, c)) in self.kinds.iter().zip(counters).enumerate() {
+            let row = match kind {
+                Kind::Rule { at_least } => (c[0] >= *at_least && c[1] == 0).then_some(0),
+                Kind::Percentile {
+                    metric: Metric::Count,
+                } => (c[0] > 0).then_some(c[0]),
+                Kind::Percentile {
+                    metric: Metric::Value,
+                } => (c[0] > 0).then_some(c[1]),
+                Kind::Dormant => (c[0] > 0 && c[1] == 0).then_some(0),
+            };
+            if let Some(metric) = row {
+                rows.push((i as u32, metric, *user));
+            }
+        }
+    }
+}
+
+/// The indices of the bits set in `mask`.
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
+}
+
+/// The members of up to 32 segments, from one per-user fold over their windows.
+fn group_members<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    segments: &[Segment],
+    expiry_at: &Expiry<'s>,
+) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
+    let plan = Rc::new(Plan::new(segments));
+    let (marks, windows, update, rows) = (plan.clone(), plan.clone(), plan.clone(), plan.clone());
+    let marked = events.clone().flat_map(move |event: Event| {
+        marks
+            .mark(&event)
+            .map(|(time, user, mark)| (user, (time, mark)))
+    });
+    let rows = fold_passages(
+        marked,
+        &plan.durations,
+        move |mark: &Mark| windows.windows(mark),
+        expiry_at,
+        "Segments",
+        move |counters: &mut Vec<[i64; 2]>, mark: &Mark, passage, diff| {
+            update.update(counters, mark, passage, diff as i64)
+        },
+        move |user, counters: &Vec<[i64; 2]>, out| rows.rows(user, counters, out),
+    );
+    let keys: Rc<Vec<Sym>> = Rc::new(segments.iter().map(Segment::key).collect());
+    let mut parts = Vec::new();
+    let mut state = PercentileState::default();
+    if plan
+        .kinds
         .iter()
-        .map(|segment| members(events.clone(), segment, expiry_at))
-        .collect();
-    differential_dataflow::collection::concatenate(events.scope(), parts)
+        .any(|kind| !matches!(kind, Kind::Percentile { .. }))
+    {
+        let (plain, keys) = (plan.clone(), keys.clone());
+        parts.push(rows.clone().flat_map(move |(i, _metric, user)| {
+            let i = i as usize;
+            (!matches!(plain.kinds[i], Kind::Percentile { .. })).then(|| (keys[i], user))
+        }));
+    }
+    for (i, segment) in segments.iter().enumerate() {
+        let Segment::Percentile(p) = segment else {
+            continue;
+        };
+        let index = i as u32;
+        let metrics = rows
+            .clone()
+            .flat_map(move |(j, metric, user)| (j == index).then_some((metric, user)));
+        let thresholds = percentile_thresholds(metrics.clone(), keys[i], p.percentile);
+        let (members, held) = at_or_above(metrics, thresholds, keys[i]);
+        parts.push(members);
+        state.extend(held);
+    }
+    (
+        differential_dataflow::collection::concatenate(events.scope(), parts),
+        state,
+    )
 }
 
 /// Segment sizes: `(segment, number of members)` for every segment with at least one member.

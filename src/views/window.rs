@@ -147,45 +147,178 @@ where
                 [(data, time, diff), (copy, leaves, -diff)]
             })
             .as_collection(),
-        Expiry::Ticks(ticks) => sliding_at_ticks(collection, d, project, ticks.clone()),
+        Expiry::Ticks(ticks) => at_ticks(
+            collection,
+            ticks.clone(),
+            "SlidingWindow",
+            -1,
+            move |record, time, now, later| {
+                let (event_time, record) = project(record);
+                let leaves = expiry(time, event_time, d);
+                if leaves > time {
+                    // Else in and out at the same time: never in the window.
+                    now.push(record.clone());
+                    later.push((leaves, record));
+                }
+            },
+        )
+        .as_collection(),
     }
 }
 
-/// [`sliding_project`] with retractions at ticks: each record is passed on at once, and its
-/// retraction waits (a forgotten user's pending retractions cancel and leave, see [`Owed`])
-/// until the first tick at or after its expiry whose time the input has passed. Output is not
-/// consolidated: the operators downstream (arrangements, [`fold_by_key`]) group by key anyway.
+/// How a record passes through the windows of [`passages`]: it enters all of them when it
+/// arrives, and leaves window `w` (an index into the durations) when it is older than that.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Passage {
+    /// The record arrived.
+    Enter,
+    /// The record left window number `.0`.
+    Leave(u8),
+}
+
+/// The passages of records through several sliding windows at once: for each record `x` that
+/// `project` maps to `Some((time, y, windows))`, `(y, Enter)` at the record's logical time and,
+/// for each window `w` in the bit set `windows` (bit `w` for `durations[w]`), `(y, Leave(w))` at
+/// the time `y` leaves a window of `durations[w]` seconds (as in [`sliding_by`]: at the exact
+/// second or at the next tick), both with the record's diff. At any time, `y` is in window `w`
+/// as many times as its `Enter`s minus its `Leave(w)`s say, and its `Enter`s alone count every
+/// record ever seen: one pass, and one owed retraction per window, serve every view that
+/// counts records in some windows and ever.
 ///
-/// [`fold_by_key`]: super::fold::fold_by_key
-fn sliding_at_ticks<'s, D, D2, F>(
+/// ```
+/// use behave::views::window::{passages, Expiry, Passage};
+/// use differential_dataflow::input::InputSession;
+/// use std::sync::{Arc, Mutex};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let out = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input: InputSession<u64, (u64, i64), isize> = InputSession::new();
+///     worker.dataflow::<u64, _, _>(|scope| {
+///         let out = out.clone();
+///         let durations = [10, 100];
+///         passages(
+///             input.to_collection(scope),
+///             &durations,
+///             |(user, time): (u64, i64)| Some((time, user, 0b11)),
+///             &Expiry::Exact,
+///         )
+///         .inspect(move |u| out.lock().unwrap().push(*u));
+///     });
+///     input.advance_to(5);
+///     input.insert((7, 5));
+///     input.close();
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort_by_key(|(_, t, _)| *t);
+/// assert_eq!(
+///     seen,
+///     vec![
+///         ((7, Passage::Enter), 5, 1),
+///         ((7, Passage::Leave(0)), 15, 1),
+///         ((7, Passage::Leave(1)), 105, 1),
+///     ]
+/// );
+/// ```
+pub fn passages<'s, D, Y, F>(
     collection: VecCollection<'s, u64, D, Diff>,
-    d: i64,
+    durations: &[i64],
     project: F,
-    ticks: StreamVec<'s, u64, ()>,
-) -> VecCollection<'s, u64, D2, Diff>
+    expiry_at: &Expiry<'s>,
+) -> VecCollection<'s, u64, (Y, Passage), Diff>
 where
     D: Clone + 'static,
-    D2: Ord + Clone + 'static,
-    F: Fn(D) -> (Time, D2) + 'static,
+    Y: Ord + Clone + 'static,
+    F: Fn(D) -> Option<(Time, Y, u64)> + 'static,
+{
+    let durations: Vec<i64> = durations.iter().copied().take(64).collect();
+    // The windows a record leaves, with the logical time it leaves each at.
+    let leaving = move |windows: u64, arrived: u64, time: Time| {
+        let durations = durations.clone();
+        (0..durations.len())
+            .filter(move |w| windows & (1 << w) != 0)
+            .map(move |w| (Passage::Leave(w as u8), expiry(arrived, time, durations[w])))
+    };
+    match expiry_at {
+        Expiry::Exact => collection
+            .inner
+            .flat_map(move |(data, time, diff)| {
+                let mut updates = Vec::new();
+                if let Some((event_time, y, windows)) = project(data) {
+                    for (passage, leaves) in leaving(windows, time, event_time) {
+                        updates.push(((y.clone(), passage), leaves, diff));
+                    }
+                    updates.push(((y, Passage::Enter), time, diff));
+                }
+                updates
+            })
+            .as_collection(),
+        Expiry::Ticks(ticks) => at_ticks(
+            collection,
+            ticks.clone(),
+            "Passages",
+            1,
+            move |record, time, now, later| {
+                if let Some((event_time, y, windows)) = project(record) {
+                    for (passage, leaves) in leaving(windows, time, event_time) {
+                        later.push((leaves, (y.clone(), passage)));
+                    }
+                    now.push((y, Passage::Enter));
+                }
+            },
+        )
+        .as_collection(),
+    }
+}
+
+/// The window operator at ticks: `split(record, time, now, later)` says what each update
+/// `(record, time, diff)` gives at once (`now`, with `diff`) and what it gives later (`later`:
+/// `(due, y)`, given with `leave_sign · diff` at the first tick at or after `due` whose time the
+/// input has passed, or at once if `due` is not after `time`). A later update that cancels an
+/// earlier one (e.g. a forgotten user's events) leaves memory at once (see [`Owed`]). Output is
+/// not consolidated: the operators downstream (arrangements, [`fold_by_key`]) group by key
+/// anyway.
+///
+/// [`fold_by_key`]: super::fold::fold_by_key
+fn at_ticks<'s, D, Y, F>(
+    collection: VecCollection<'s, u64, D, Diff>,
+    ticks: StreamVec<'s, u64, ()>,
+    name: &str,
+    leave_sign: Diff,
+    mut split: F,
+) -> StreamVec<'s, u64, (Y, u64, Diff)>
+where
+    D: Clone + 'static,
+    Y: Ord + Clone + 'static,
+    F: FnMut(D, u64, &mut Vec<Y>, &mut Vec<(u64, Y)>) + 'static,
 {
     collection
         .inner
-        .binary_frontier(ticks, Pipeline, Pipeline, "SlidingWindow", move |_, _| {
-            let mut owed: Owed<D2> = Owed::default();
+        .binary_frontier(ticks, Pipeline, Pipeline, name, move |_, _| {
+            // Retractions owed, stored negated (`-diff` for an insertion) so that a cancelling
+            // update is the positive one.
+            let mut owed: Owed<Y> = Owed::default();
             // Ticks not yet acted on, with the capability to emit at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-            let mut due: Vec<((D2, u64), Diff)> = Vec::new();
+            let mut due: Vec<((Y, u64), Diff)> = Vec::new();
+            let (mut now, mut later) = (Vec::new(), Vec::new());
             move |(data, data_frontier), (ticks, ticks_frontier), output| {
                 data.for_each(|cap, batch| {
                     let mut session = output.session(&cap);
                     for (record, time, diff) in batch.drain(..) {
-                        let (event_time, record) = project(record);
-                        let leaves = expiry(time, event_time, d);
-                        if leaves <= time {
-                            continue; // In and out at the same time: never in the window.
+                        split(record, time, &mut now, &mut later);
+                        for y in now.drain(..) {
+                            session.give((y, time, diff));
                         }
-                        owed.owe(leaves, record.clone(), -diff);
-                        session.give((record, time, diff));
+                        for (leaves, y) in later.drain(..) {
+                            if leaves <= time {
+                                session.give((y, time, leave_sign * diff));
+                            } else {
+                                owed.owe(leaves, y, -diff);
+                            }
+                        }
                     }
                     owed.settle();
                 });
@@ -206,12 +339,11 @@ where
                     owed.take_due(tick, &mut due);
                     let mut session = output.session(&cap);
                     for ((record, time), diff) in due.drain(..) {
-                        session.give((record, time, diff));
+                        session.give((record, time, -leave_sign * diff));
                     }
                 }
             }
         })
-        .as_collection()
 }
 
 /// The retractions owed in one bucket of [`Owed`]: `((due, record), diff)`.
@@ -225,7 +357,7 @@ const BUCKET: u64 = 256;
 /// A bucket holding a cancelling update (a record retracted before it left, e.g. a forgotten
 /// user's event) is consolidated at the next [`Owed::settle`], so cancelled retractions do not
 /// stay in memory.
-struct Owed<D> {
+pub(crate) struct Owed<D> {
     buckets: BTreeMap<u64, Bucket<D>>,
     /// Buckets holding a positive (cancelling) update.
     unsettled: BTreeSet<u64>,
@@ -242,12 +374,17 @@ impl<D> Default for Owed<D> {
 
 impl<D: Ord + Clone> Owed<D> {
     /// Owes `(record, diff)` at second `due`. A positive `diff` cancels an earlier retraction.
-    fn owe(&mut self, due: u64, record: D, diff: Diff) {
+    pub(crate) fn owe(&mut self, due: u64, record: D, diff: Diff) {
         let bucket = due / BUCKET;
-        self.buckets
-            .entry(bucket)
-            .or_default()
-            .push(((due, record), diff));
+        // Records mostly arrive in time order: most land in the last bucket.
+        match self.buckets.last_entry() {
+            Some(mut last) if *last.key() == bucket => last.get_mut().push(((due, record), diff)),
+            _ => self
+                .buckets
+                .entry(bucket)
+                .or_insert_with(|| Vec::with_capacity(64))
+                .push(((due, record), diff)),
+        }
         if diff > 0 {
             self.unsettled.insert(bucket);
         }
@@ -255,7 +392,7 @@ impl<D: Ord + Clone> Owed<D> {
 
     /// Consolidates the buckets holding cancelling updates. A bucket stays unsettled while a
     /// positive update is left in it (its record's retraction has not arrived yet).
-    fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         let buckets = &mut self.buckets;
         self.unsettled.retain(|bucket| {
             let Entry::Occupied(mut updates) = buckets.entry(*bucket) else {
@@ -271,7 +408,7 @@ impl<D: Ord + Clone> Owed<D> {
     }
 
     /// Moves every retraction due at or before `tick` into `out`, at time `tick`.
-    fn take_due(&mut self, tick: u64, out: &mut Vec<((D, u64), Diff)>) {
+    pub(crate) fn take_due(&mut self, tick: u64, out: &mut Vec<((D, u64), Diff)>) {
         while let Some(mut bucket) = self.buckets.first_entry() {
             if bucket.key().saturating_mul(BUCKET) > tick {
                 break;

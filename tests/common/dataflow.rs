@@ -150,3 +150,51 @@ pub fn inserts(events: &[Event]) -> Vec<Update> {
         .map(|e| (e.clone(), e.time as u64, 1))
         .collect()
 }
+
+/// Feeds `(data, time, diff)` updates to `input`, each sent at input time `sent` (so updates
+/// for later times arrive early), by the worker for which `mine(index, &data)` holds, in small
+/// batches (a flush and a step after every third update); then closes the input and runs the
+/// worker to the end.
+pub fn feed<D: differential_dataflow::Data>(
+    worker: &mut timely::worker::Worker,
+    mut input: InputSession<u64, D, isize>,
+    updates: &[(u64, (D, u64, isize))],
+    mine: impl Fn(usize, &D) -> bool,
+) {
+    for (i, (sent, (data, time, diff))) in updates.iter().enumerate() {
+        if *sent > *input.time() {
+            input.advance_to(*sent);
+            input.flush();
+            worker.step();
+        }
+        if mine(i, data) {
+            input.update_at(data.clone(), (*time).max(*sent), *diff);
+            if i % 3 == 0 {
+                input.flush();
+                worker.step();
+            }
+        }
+    }
+    input.close();
+    while worker.step() {}
+}
+
+/// Where a test dataflow puts its output updates.
+pub type Sink<D> = Arc<Mutex<Vec<D>>>;
+
+/// Runs `build(worker, sink)` on each of `workers` workers and returns everything they put in
+/// their sinks.
+pub fn capture<D, F>(workers: usize, build: F) -> Vec<D>
+where
+    D: Clone + Send + 'static,
+    F: Fn(&mut timely::worker::Worker, Sink<D>) + Send + Sync + 'static,
+{
+    let captured: Sink<D> = Arc::new(Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        build(worker, sink.clone())
+    })
+    .expect("timely runs");
+    let out = captured.lock().unwrap().clone();
+    out
+}
