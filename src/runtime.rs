@@ -477,7 +477,7 @@ const MAX_LAG: usize = 4;
 #[derive(Default)]
 struct Gather {
     input_time: u64,
-    current: HashMap<Row, Diff>,
+    current: Rows,
     future: BTreeMap<u64, Vec<(Row, Diff)>>,
     changes: Option<Changes>,
 }
@@ -593,7 +593,7 @@ fn collect_on_first(
     input.advance_to(1);
     input.flush();
     wait_while(worker, || probe.less_than(&1));
-    let mut whole: HashMap<Row, Diff> = HashMap::new();
+    let mut whole = Rows::default();
     let mut log = Vec::new();
     for (piece, diff) in received.take() {
         match piece {
@@ -607,7 +607,11 @@ fn collect_on_first(
     )
 }
 
-fn fold(map: &mut HashMap<Row, Diff>, row: Row, diff: Diff) {
+/// Output rows with their multiplicities. Every output change of every view is folded in here,
+/// so the map hashes with foldhash rather than the std default (SipHash).
+type Rows = HashMap<Row, Diff, foldhash::fast::RandomState>;
+
+fn fold(map: &mut Rows, row: Row, diff: Diff) {
     let entry = map.entry(row);
     match entry {
         std::collections::hash_map::Entry::Occupied(mut o) => {
