@@ -37,7 +37,7 @@
 //! the runtime adds to its end-of-run audit.
 
 use super::similarity::{closer, Similar};
-use super::{sorted_changes, Diff};
+use super::{first_n_by, sorted_changes, Diff};
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -624,7 +624,7 @@ fn rerank<M: Ord + Hash + Copy>(
         return Some(rescan(subject, size, sizes, k));
     }
     let complete = subject.complete && best.len() <= depth(k);
-    Some((ranked(best, depth(k)), complete))
+    Some((first_n_by(best, depth(k), closer), complete))
 }
 
 /// Every candidate of `subject` ranked again: the best [`depth`]`(k)`, and whether that is all
@@ -641,17 +641,7 @@ fn rescan<M: Ord + Hash + Copy>(
         .filter_map(|(&b, &overlap)| similar(b, overlap, size, sizes))
         .collect();
     let complete = pool.len() <= depth(k);
-    (ranked(pool, depth(k)), complete)
-}
-
-/// The first `n` of `pool` in the neighbour order ([`closer`]), sorted.
-fn ranked<M: Ord>(mut pool: Vec<Similar<M>>, n: usize) -> Vec<Similar<M>> {
-    if pool.len() > n && n > 0 {
-        pool.select_nth_unstable_by(n - 1, closer);
-    }
-    pool.truncate(n);
-    pool.sort_unstable_by(closer);
-    pool
+    (first_n_by(pool, depth(k), closer), complete)
 }
 
 /// Emits the records of `old` not in `new` with `-1` and those of `new` not in `old` with `+1`.

@@ -31,6 +31,7 @@ use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::VecCollection;
+use std::cmp::Ordering;
 use timely::progress::Timestamp;
 
 /// The diff type of every behave collection: multiplicities.
@@ -60,6 +61,21 @@ where
     V: differential_dataflow::ExchangeData,
 {
     arranged.as_collection(|k: &K, v: &V| (k.clone(), v.clone()))
+}
+
+/// The first `n` of `pool` in `order`, sorted: a selection, then a sort of only those `n`.
+///
+/// ```
+/// use behave::views::first_n_by;
+/// assert_eq!(first_n_by(vec![5, 1, 4, 2, 3], 2, |a: &i32, b: &i32| b.cmp(a)), vec![5, 4]);
+/// ```
+pub fn first_n_by<T>(mut pool: Vec<T>, n: usize, order: impl Fn(&T, &T) -> Ordering) -> Vec<T> {
+    if pool.len() > n && n > 0 {
+        pool.select_nth_unstable_by(n - 1, &order);
+    }
+    pool.truncate(n);
+    pool.sort_unstable_by(order);
+    pool
 }
 
 /// Calls `give(x, -1)` for each element of `old` and `give(y, 1)` for each element of `new`

@@ -27,10 +27,9 @@
 
 use super::cosine::{in_time_order, FxHasher};
 use super::recommend::{
-    ahead, best_n, numbered, rank_user, weighted_content, RankInput, RecommendParams,
-    Recommendation,
+    ahead, numbered, rank_user, weighted_content, RankInput, RecommendParams, Recommendation,
 };
-use super::{sorted_changes, Diff};
+use super::{first_n_by, sorted_changes, Diff};
 use crate::event::{Sym, UserId};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -397,7 +396,7 @@ fn rank_cached(
             .filter_map(|&item| score(item).map(|s| (s, item)))
             .collect();
         let complete = all.len() <= depth(n);
-        (best_n(all, depth(n)), complete)
+        (first_n_by(all, depth(n), ahead), complete)
     };
     // Scoring each change costs about what scoring a candidate does: with as many changes as
     // candidates (a large batch, see `touch`), every candidate is scored again instead.
@@ -429,7 +428,7 @@ fn rank_cached(
         }
         (*complete || next.len() >= n).then(|| {
             let full = *complete && next.len() <= depth(n);
-            (best_n(next, depth(n)), full)
+            (first_n_by(next, depth(n), ahead), full)
         })
     };
     let (new_best, new_complete) = updated.unwrap_or_else(|| rescan(&mut score));

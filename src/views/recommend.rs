@@ -24,7 +24,7 @@ use super::similarity::{
     interactions, similarity, Interactions, Similar, SimilarityParams, SCORE_SCALE,
 };
 use super::window::{sliding, Expiry};
-use super::Diff;
+use super::{first_n_by, Diff};
 use crate::event::{Event, Sym, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -242,16 +242,6 @@ pub(crate) fn ahead(a: &(i64, Sym), b: &(i64, Sym)) -> std::cmp::Ordering {
     b.0.cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
-/// The first `n` of `ranked` (score, item) in the order [`ahead`], sorted.
-pub(crate) fn best_n(mut ranked: Vec<(i64, Sym)>, n: usize) -> Vec<(i64, Sym)> {
-    if ranked.len() > n && n > 0 {
-        ranked.select_nth_unstable_by(n - 1, ahead);
-    }
-    ranked.truncate(n);
-    ranked.sort_unstable_by(ahead);
-    ranked
-}
-
 /// `ranked` (score, item), in the order [`ahead`], as recommendations ranked from 1.
 pub(crate) fn numbered(ranked: &[(i64, Sym)]) -> Vec<Recommendation> {
     ranked
@@ -268,7 +258,7 @@ pub(crate) fn numbered(ranked: &[(i64, Sym)]) -> Vec<Recommendation> {
 /// The first `n` of `ranked` (score, item) by score descending, ties by item ascending, ranked
 /// from 1.
 pub(crate) fn top_n(ranked: Vec<(i64, Sym)>, n: usize) -> Vec<Recommendation> {
-    numbered(&best_n(ranked, n))
+    numbered(&first_n_by(ranked, n, ahead))
 }
 
 /// Ranks one user's recommendations from everything the dataflow gathered for them (also
