@@ -16,13 +16,17 @@
 //! 2. **Top-k** (exchanged by member; set sizes broadcast to every worker): keeps, per member,
 //!    its candidates with their overlaps and its best `2k` candidates, ranked: a prefix of the
 //!    ranking of all its candidates, whose first `k` are the neighbours emitted. At each time it
-//!    applies the overlap and size changes and updates only the members with a changed
-//!    candidate: their unchanged best entries keep their order, and a changed candidate joins
-//!    them only if it ranks before the last of them. A forgotten neighbour or a lower overlap
-//!    thus costs no rescan; only when fewer than `k` ranked entries remain are all of a member's
-//!    candidates ranked again. A member whose set size changed is looked at by the members
-//!    that rank it among their best, or that it now passes. It emits the difference between the
-//!    old and new top `k` at that time.
+//!    applies the overlap changes (sorted, one member at a time) and the size changes, and
+//!    updates only the members whose best can change: a changed candidate that neither was among
+//!    a member's best nor now ranks before the last of them stays behind them, and the member is
+//!    not visited for it. A visited member's unchanged best entries keep their order, and a
+//!    changed candidate joins them only if it ranks before the last of them. A forgotten
+//!    neighbour or a lower overlap thus costs no rescan; only when fewer than `k` ranked entries
+//!    remain are all of a member's candidates ranked again. A member whose set size changed is
+//!    looked at by the members that rank it among their best, or that it now passes: the
+//!    members that have it as a candidate are its own candidates (overlaps are symmetric) when
+//!    it is ranked on the same worker, and a reverse index holds them for the others. It emits
+//!    the difference between the old and new top `k` at that time.
 //!
 //! Both operators process the updates of one logical time at a time, in time order, once their
 //! inputs' frontiers have passed it (the time is `u64`, totally ordered), so the output at each
@@ -96,6 +100,10 @@ struct Subject<M> {
     best: Vec<Similar<M>>,
     /// Whether `best` holds every candidate.
     complete: bool,
+    /// A copy of the last entry of `best` when `best` does not hold every candidate: what a
+    /// changed candidate must rank before to enter it. Kept here, beside the candidates, since
+    /// most changes are checked against it alone.
+    bound: Option<Similar<M>>,
 }
 
 impl<M> Default for Subject<M> {
@@ -104,6 +112,7 @@ impl<M> Default for Subject<M> {
             candidates: FxMap::default(),
             best: Vec::new(),
             complete: true,
+            bound: None,
         }
     }
 }
@@ -129,18 +138,41 @@ struct Ranking<M> {
     sizes: FxMap<M, u64>,
     /// The members this worker ranks.
     subjects: FxMap<M, Subject<M>>,
-    /// For each neighbour, the local members that have it as a candidate, with the overlap (a
-    /// copy of the candidate's, so that a size change reads it here, in one map, rather than
-    /// in each member's candidates).
+    /// For each neighbour ranked on another worker, the local members that have it as a
+    /// candidate, with the overlap (a copy of the candidate's), for its size changes. A
+    /// neighbour ranked here needs none: overlaps are symmetric, so its own candidates are the
+    /// members that have it as a candidate.
     reverse: FxMap<M, FxMap<M, i64>>,
+    /// Which members this worker ranks.
+    route: Route,
 }
 
-impl<M> Default for Ranking<M> {
-    fn default() -> Self {
+/// Which members a worker of the top-k operator ranks: the routing of its input (timely's
+/// exchange sends a record to worker `hash % workers`).
+#[derive(Clone, Copy, Debug)]
+struct Route {
+    worker: u64,
+    workers: u64,
+}
+
+impl Route {
+    /// Whether `member` is ranked by this worker.
+    fn here<M: Hashable<Output = u64>>(self, member: &M) -> bool {
+        self.workers == 1 || member.hashed() % self.workers == self.worker
+    }
+}
+
+impl<M> Ranking<M> {
+    /// The state of worker `worker` of `workers`, empty.
+    fn new(worker: usize, workers: usize) -> Self {
         Ranking {
             sizes: FxMap::default(),
             subjects: FxMap::default(),
             reverse: FxMap::default(),
+            route: Route {
+                worker: worker as u64,
+                workers: workers as u64,
+            },
         }
     }
 }
@@ -225,7 +257,10 @@ where
 {
     let state = CosineState {
         groups: Rc::new(RefCell::new(Groups::default())),
-        ranking: Rc::new(RefCell::new(Ranking::default())),
+        ranking: Rc::new(RefCell::new(Ranking::new(
+            memberships.inner.scope().index(),
+            memberships.inner.scope().peers(),
+        ))),
     };
     let sizes = memberships
         .inner
@@ -256,9 +291,10 @@ where
                     let (cap, updates) = entry.remove();
                     let deltas = pair_deltas(&mut groups.borrow_mut(), updates, max_group);
                     let mut session = output.session(&cap);
-                    for (pair, diff) in deltas {
+                    for ((a, b), diff) in deltas {
                         if diff != 0 {
-                            session.give((pair, time, diff));
+                            session.give(((a, b), time, diff));
+                            session.give(((b, a), time, diff));
                         }
                     }
                 }
@@ -335,7 +371,7 @@ where
 }
 
 /// Applies one time's membership changes to `groups` and returns the overlap changes they
-/// cause, summed per ordered pair (both orders are emitted).
+/// cause, summed per unordered pair `(a, b)` with `a < b` (the caller emits both orders).
 fn pair_deltas<G, M>(
     groups: &mut Groups<G, M>,
     mut updates: Vec<((G, M), Diff)>,
@@ -348,8 +384,7 @@ where
     updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut deltas: FxMap<(M, M), Diff> = FxMap::default();
     let mut add = |a: M, b: M, diff: Diff| {
-        *deltas.entry((a, b)).or_insert(0) += diff;
-        *deltas.entry((b, a)).or_insert(0) += diff;
+        *deltas.entry((a.min(b), a.max(b))).or_insert(0) += diff;
     };
     let mut i = 0;
     while i < updates.len() {
@@ -420,12 +455,12 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
     /// and set-size changes (of every member), and returns the changes of the top-`k` output.
     fn apply(
         &mut self,
-        pairs: Vec<((M, M), Diff)>,
+        mut pairs: Vec<((M, M), Diff)>,
         mut sizes: Vec<(M, Diff)>,
         k: usize,
     ) -> Vec<((M, Similar<M>), Diff)> {
-        // Members whose ranking may change, with the candidates that changed (duplicates ok) and
-        // their overlap where it is known to be final (else `UNKNOWN`).
+        // Members whose ranking may change, with the candidates that changed and their overlap
+        // at this time (0: no longer a candidate); a candidate may be listed twice.
         let mut dirty: FxMap<M, Vec<(M, i64)>> = FxMap::default();
         sizes.sort_unstable_by_key(|a| a.0);
         let mut resized = Vec::new();
@@ -457,45 +492,106 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
             }
             resized.push((member, diff));
         }
-        for ((a, b), diff) in pairs {
+        // A member's size before this time (`resized` is sorted by member).
+        let old_size = |sizes: &FxMap<M, u64>, b: M| {
+            let size = sizes.get(&b).copied().unwrap_or(0);
+            match resized.binary_search_by(|r| r.0.cmp(&b)) {
+                Ok(at) => (size as i64 - resized[at].1 as i64).max(0) as u64,
+                Err(_) => size,
+            }
+        };
+        // One member at a time (its candidates' table stays in cache), one update per pair.
+        pairs.sort_unstable_by_key(|p| p.0);
+        let route = self.route;
+        let mut rest = &pairs[..];
+        while let Some(&((a, _), _)) = rest.first() {
+            let run = rest.iter().take_while(|p| p.0 .0 == a).count();
+            let (updates, tail) = rest.split_at(run);
+            rest = tail;
             let subject = self.subjects.entry(a).or_default();
-            let overlap = match subject.candidates.entry(b) {
-                Entry::Occupied(mut overlap) => {
-                    *overlap.get_mut() += diff as i64;
-                    if *overlap.get() == 0 {
-                        overlap.remove();
-                        0
+            let mut changed = Vec::new();
+            let mut i = 0;
+            while i < updates.len() {
+                let b = updates[i].0 .1;
+                let mut diff = 0i64;
+                while i < updates.len() && updates[i].0 .1 == b {
+                    diff += updates[i].1 as i64;
+                    i += 1;
+                }
+                if diff == 0 {
+                    continue;
+                }
+                let (before, overlap) = match subject.candidates.entry(b) {
+                    Entry::Occupied(mut overlap) => {
+                        let before = *overlap.get();
+                        *overlap.get_mut() += diff;
+                        if *overlap.get() == 0 {
+                            overlap.remove();
+                            (before, 0)
+                        } else {
+                            (before, *overlap.get())
+                        }
+                    }
+                    Entry::Vacant(overlap) => (0, *overlap.insert(diff)),
+                };
+                // `a` is visited only if `b` was among its best (its old record ranks at or
+                // before their last) or may now enter them; otherwise `b` stays behind them, as
+                // with a size change below.
+                let visit = match &subject.bound {
+                    Some(last) => {
+                        let size = self.sizes.get(&b).copied().unwrap_or(0);
+                        beats_or_is(before, old_size(&self.sizes, b), b, last)
+                            || (overlap > 0 && beats(overlap, size, b, last))
+                    }
+                    None => true,
+                };
+                // `b`'s own candidates hold this overlap when `b` is ranked here (see
+                // `reverse`).
+                if !route.here(&b) {
+                    let back = self.reverse.entry(b).or_default();
+                    if overlap == 0 {
+                        back.remove(&a);
+                        if back.is_empty() {
+                            self.reverse.remove(&b);
+                        }
                     } else {
-                        *overlap.get()
+                        back.insert(a, overlap);
                     }
                 }
-                Entry::Vacant(overlap) => *overlap.insert(diff as i64),
-            };
-            let back = self.reverse.entry(b).or_default();
-            if overlap == 0 {
-                back.remove(&a);
-                if back.is_empty() {
-                    self.reverse.remove(&b);
+                if visit {
+                    changed.push((b, overlap));
                 }
-            } else {
-                back.insert(a, overlap);
             }
-            dirty.entry(a).or_default().push((b, UNKNOWN));
+            if subject.candidates.is_empty() && subject.best.is_empty() {
+                // Only updates that cancelled out: nothing to hold for `a`.
+                self.subjects.remove(&a);
+            } else if !changed.is_empty() {
+                dirty.entry(a).or_default().extend(changed);
+            }
         }
         for (member, diff) in resized {
             if self.subjects.contains_key(&member) {
                 dirty.entry(member).or_default();
             }
-            let Some(back) = self.reverse.get(&member) else {
+            // The local members that have `member` as a candidate, with the overlap.
+            let back = if route.here(&member) {
+                self.subjects.get(&member).map(|s| &s.candidates)
+            } else {
+                self.reverse.get(&member)
+            };
+            let Some(back) = back else {
                 continue;
             };
             let size = self.sizes.get(&member).copied().unwrap_or(0);
             let old_size = (size as i64 - diff as i64).max(0) as u64;
             for (a, &overlap) in back {
+                if !route.here(a) {
+                    continue;
+                }
                 // The member's record changes for `a` if it is among `a`'s best (its old record
                 // ranks at or before their last), and can enter them if its cosine rose (a
                 // smaller set: a forget) past their last. Otherwise it stays behind them.
-                let last = self.subjects.get(a).and_then(|s| s.best.last());
+                let last = self.subjects.get(a).and_then(|s| s.bound.as_ref());
                 if let Some(last) = last {
                     let rises = diff < 0 && size > 0 && beats(overlap, size, member, last);
                     if !rises && !beats_or_is(overlap, old_size, member, last) {
@@ -515,6 +611,7 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                 let subject = subject.get_mut();
                 let old = std::mem::replace(&mut subject.best, best);
                 subject.complete = complete;
+                subject.bound = (!complete).then(|| subject.best.last().copied()).flatten();
                 let (old, new) = (&old[..old.len().min(k)], subject.top(k));
                 if old != new {
                     emit_difference(a, old, new, &mut out);
@@ -543,9 +640,6 @@ fn beats_or_is<M: Ord + Copy>(overlap: i64, size: u64, b: M, w: &Similar<M>) -> 
         || (b == w.neighbour && overlap.max(0) as u64 == w.overlap && size == w.neighbour_size)
 }
 
-/// A changed candidate's overlap that is to be read from the member's candidates.
-const UNKNOWN: i64 = i64::MIN;
-
 /// The neighbour record of candidate `b` with overlap `overlap`, if it is one.
 fn similar<M: Hash + Eq + Copy>(
     b: M,
@@ -563,7 +657,8 @@ fn similar<M: Hash + Eq + Copy>(
 }
 
 /// The new `best` of `subject` (and whether it holds every candidate) after the changes of the
-/// `changed` candidates and of set sizes, or `None` when it stays exactly as it is.
+/// `changed` candidates (with their new overlaps) and of set sizes, or `None` when it stays
+/// exactly as it is.
 ///
 /// The entries of `best` that did not change keep their order (the member's own size is a
 /// common factor of all its cosines) and still rank before every candidate outside `best` that
@@ -584,41 +679,44 @@ fn rerank<M: Ord + Hash + Copy>(
     if changed.len() >= subject.candidates.len() {
         return Some(rescan(subject, size, sizes, k));
     }
-    // One entry per candidate; `UNKNOWN` (the least value) first, so it is the one kept.
-    changed.sort_unstable();
+    // One entry per candidate (a candidate's entries are equal).
+    changed.sort_unstable_by_key(|c| c.0);
     changed.dedup_by_key(|c| c.0);
     let is_changed = |b: &M| changed.binary_search_by(|c| c.0.cmp(b)).is_ok();
     let own_size_changed = subject.best.first().is_some_and(|s| s.size != size);
-    let mut best: Vec<Similar<M>> = Vec::with_capacity(depth(k) + 1);
-    best.extend(
-        subject
-            .best
-            .iter()
-            .filter(|s| !is_changed(&s.neighbour))
-            .map(|s| Similar { size, ..*s }),
-    );
-    let kept = best.len();
-    if !subject.complete && kept == 0 {
+    // Whether every entry of `best` stays as it is (the common case of a forget, for the members
+    // that had the forgotten user among their candidates but not among their best).
+    let untouched = !own_size_changed && !subject.best.iter().any(|s| is_changed(&s.neighbour));
+    let mut best: Vec<Similar<M>> = Vec::new();
+    if !untouched {
+        best.reserve(depth(k) + 1);
+        best.extend(
+            subject
+                .best
+                .iter()
+                .filter(|s| !is_changed(&s.neighbour))
+                .map(|s| Similar { size, ..*s }),
+        );
+    }
+    let kept = if untouched {
+        &subject.best[..]
+    } else {
+        &best[..]
+    };
+    if !subject.complete && kept.is_empty() {
         return Some(rescan(subject, size, sizes, k));
     }
-    let bound = (!subject.complete).then(|| best[kept - 1]);
-    for (b, overlap) in changed {
-        let candidate = if overlap == UNKNOWN {
-            subject
-                .candidates
-                .get(&b)
-                .and_then(|&overlap| similar(b, overlap, size, sizes))
-        } else {
-            similar(b, overlap, size, sizes)
-        };
-        if let Some(candidate) = candidate {
-            if bound.is_none_or(|w| closer(&candidate, &w) == std::cmp::Ordering::Less) {
-                best.push(candidate);
-            }
-        }
-    }
-    if !own_size_changed && kept == subject.best.len() && best.len() == kept {
-        return None;
+    let bound = (!subject.complete).then(|| kept[kept.len() - 1]);
+    let entering = changed
+        .iter()
+        .filter_map(|&(b, overlap)| similar(b, overlap, size, sizes))
+        .filter(|c| bound.is_none_or(|w| closer(c, &w) == std::cmp::Ordering::Less));
+    if untouched {
+        let mut entering = entering.peekable();
+        entering.peek()?;
+        best = subject.best.iter().copied().chain(entering).collect();
+    } else {
+        best.extend(entering);
     }
     if !subject.complete && best.len() < k {
         return Some(rescan(subject, size, sizes, k));
