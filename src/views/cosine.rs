@@ -41,7 +41,7 @@
 //! the runtime adds to its end-of-run audit.
 
 use super::similarity::{closer, Similar};
-use super::{first_n_by, sorted_changes, Diff};
+use super::{first_n_by, merge_first_n_by, sorted_changes, Diff};
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -707,22 +707,22 @@ fn rerank<M: Ord + Hash + Copy>(
         return Some(rescan(subject, size, sizes, k));
     }
     let bound = (!subject.complete).then(|| kept[kept.len() - 1]);
-    let entering = changed
+    let entering: Vec<Similar<M>> = changed
         .iter()
         .filter_map(|&(b, overlap)| similar(b, overlap, size, sizes))
-        .filter(|c| bound.is_none_or(|w| closer(c, &w) == std::cmp::Ordering::Less));
+        .filter(|c| bound.is_none_or(|w| closer(c, &w) == std::cmp::Ordering::Less))
+        .collect();
     if untouched {
-        let mut entering = entering.peekable();
-        entering.peek()?;
-        best = subject.best.iter().copied().chain(entering).collect();
-    } else {
-        best.extend(entering);
+        if entering.is_empty() {
+            return None;
+        }
+        best = subject.best.clone();
     }
-    if !subject.complete && best.len() < k {
+    if !subject.complete && best.len() + entering.len() < k {
         return Some(rescan(subject, size, sizes, k));
     }
-    let complete = subject.complete && best.len() <= depth(k);
-    Some((first_n_by(best, depth(k), closer), complete))
+    let complete = subject.complete && best.len() + entering.len() <= depth(k);
+    Some((merge_first_n_by(best, entering, depth(k), closer), complete))
 }
 
 /// Every candidate of `subject` ranked again: the best [`depth`]`(k)`, and whether that is all

@@ -78,6 +78,38 @@ pub fn first_n_by<T>(mut pool: Vec<T>, n: usize, order: impl Fn(&T, &T) -> Order
     pool
 }
 
+/// The first `n` in `order` of `ranked` (already sorted in `order`) and `more` (in any order),
+/// sorted: `more` is sorted alone and merged in, so a ranking that gains a few entries costs no
+/// sort of the entries it kept.
+///
+/// ```
+/// use behave::views::merge_first_n_by;
+/// let by_value = |a: &i32, b: &i32| a.cmp(b);
+/// assert_eq!(merge_first_n_by(vec![1, 4, 6], vec![5, 0], 4, by_value), vec![0, 1, 4, 5]);
+/// ```
+pub fn merge_first_n_by<T>(
+    ranked: Vec<T>,
+    more: Vec<T>,
+    n: usize,
+    order: impl Fn(&T, &T) -> Ordering,
+) -> Vec<T> {
+    let more = first_n_by(more, n, &order);
+    let mut out = Vec::with_capacity(n.min(ranked.len() + more.len()));
+    let (mut ranked, mut more) = (ranked.into_iter().peekable(), more.into_iter().peekable());
+    while out.len() < n {
+        let next = match (ranked.peek(), more.peek()) {
+            (Some(a), Some(b)) if order(b, a) == Ordering::Less => more.next(),
+            (Some(_), _) => ranked.next(),
+            (None, _) => more.next(),
+        };
+        match next {
+            Some(x) => out.push(x),
+            None => break,
+        }
+    }
+    out
+}
+
 /// Calls `give(x, -1)` for each element of `old` and `give(y, 1)` for each element of `new`
 /// that the other does not match one for one: the change from the multiset `old` to `new`,
 /// both sorted, in ascending order.

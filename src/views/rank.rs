@@ -29,7 +29,7 @@ use super::cosine::{in_time_order, FxHasher};
 use super::recommend::{
     ahead, numbered, rank_user, weighted_content, RankInput, RecommendParams, Recommendation,
 };
-use super::{first_n_by, sorted_changes, Diff};
+use super::{first_n_by, merge_first_n_by, sorted_changes, Diff};
 use crate::event::{Sym, UserId};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -257,6 +257,9 @@ impl Ranks {
                 ToRank::Neighbour(v, w) => {
                     let delta = w * diff as i64;
                     if let Some(its) = self.items_of.get(&v) {
+                        if !rank.stale {
+                            rank.changed.reserve(its.len());
+                        }
                         for (&item, &copies) in its {
                             add(&mut rank.via, item, delta * copies);
                             rank.touch(item, delta * copies);
@@ -409,11 +412,10 @@ fn rank_cached(
         let is_changed = |item: &Sym| changed.binary_search_by(|c| c.0.cmp(item)).is_ok();
         let mut was_best: Vec<Sym> = best.iter().map(|b| b.1).collect();
         was_best.sort_unstable();
-        let mut next: Vec<(i64, Sym)> =
-            best.iter().copied().filter(|b| !is_changed(&b.1)).collect();
-        let kept = next.len();
-        let bound = (!*complete).then(|| next.last().copied()).flatten();
-        if *complete || kept > 0 {
+        let kept: Vec<(i64, Sym)> = best.iter().copied().filter(|b| !is_changed(&b.1)).collect();
+        let bound = (!*complete).then(|| kept.last().copied()).flatten();
+        let mut entering = Vec::new();
+        if *complete || !kept.is_empty() {
             for &(item, direction) in changed.iter() {
                 // An item outside `best` whose score only fell stays behind it.
                 if direction <= 0 && was_best.binary_search(&item).is_err() {
@@ -421,14 +423,15 @@ fn rank_cached(
                 }
                 if let Some(s) = score(item) {
                     if bound.is_none_or(|b| ahead(&(s, item), &b) == std::cmp::Ordering::Less) {
-                        next.push((s, item));
+                        entering.push((s, item));
                     }
                 }
             }
         }
-        (*complete || next.len() >= n).then(|| {
-            let full = *complete && next.len() <= depth(n);
-            (first_n_by(next, depth(n), ahead), full)
+        let len = kept.len() + entering.len();
+        (*complete || len >= n).then(|| {
+            let full = *complete && len <= depth(n);
+            (merge_first_n_by(kept, entering, depth(n), ahead), full)
         })
     };
     let (new_best, new_complete) = updated.unwrap_or_else(|| rescan(&mut score));
