@@ -187,6 +187,29 @@ fn arb_within() -> impl Strategy<Value = i64> {
 }
 
 fn arb_segments() -> impl Strategy<Value = Vec<Segment>> {
+    // Twice over (renamed) or not: more segments than a user's state holds inline.
+    (arb_three_segments(), any::<bool>()).prop_map(|(mut segments, twice)| {
+        if twice {
+            let copies: Vec<Segment> = segments.iter().map(renamed).collect();
+            segments.extend(copies);
+        }
+        segments
+    })
+}
+
+/// The segment under the name `<name>2`.
+fn renamed(segment: &Segment) -> Segment {
+    let mut segment = segment.clone();
+    match &mut segment {
+        Segment::Rule(r) => r.name.push('2'),
+        Segment::Percentile(p) => p.name.push('2'),
+        Segment::Dormant(d) => d.name.push('2'),
+    }
+    segment
+}
+
+/// A rule, a percentile and a dormant segment.
+fn arb_three_segments() -> impl Strategy<Value = Vec<Segment>> {
     (
         0usize..3,
         prop::option::of(0usize..2),

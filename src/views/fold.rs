@@ -48,6 +48,26 @@ pub(crate) fn file<D>(
         .push((data, diff));
 }
 
+/// Files every update `(data, time, diff)` of `updates` as [`file`] does, looking each time up
+/// once per run of updates at that time (a batch mostly holds one time).
+pub(crate) fn file_all<D>(
+    pending: &mut Pending<D>,
+    cap: &InputCapability<u64>,
+    updates: impl Iterator<Item = (D, u64, Diff)>,
+) {
+    let mut updates = updates.peekable();
+    while let Some((data, time, diff)) = updates.next() {
+        let list = &mut pending
+            .entry(time)
+            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+            .1;
+        list.push((data, diff));
+        while let Some((data, _, diff)) = updates.next_if(|(_, next, _)| *next == time) {
+            list.push((data, diff));
+        }
+    }
+}
+
 /// Starts the round of updates at the frontier `open` (the batch's capability `cap` allows
 /// giving there) if updates were applied and no round is in progress.
 fn start_round(
@@ -286,8 +306,10 @@ where
             let mut pending: Pending<(K, (Time, V))> = BTreeMap::new();
             let mut keys: Keys<K, S, O> = Keys::default();
             let mut round: Option<Capability<u64>> = None;
-            // Exits owed, negated (an insertion owes `-diff`), by the second they fall due.
-            let mut owed: Owed<(K, V, u8)> = Owed::default();
+            // Exits owed, negated (an insertion owes `-diff`), by the second they fall due: one
+            // queue per window, as each window's exits mostly fall due in arrival order.
+            let mut owed: Vec<Owed<(K, V, u8)>> =
+                durations.iter().map(|_| Owed::default()).collect();
             // Ticks not yet acted on, with the capability to give at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             let mut due: Vec<(Exit<K, V>, Diff)> = Vec::new();
@@ -299,11 +321,7 @@ where
                     }
                 });
                 // Every update waits in `pending` until it can apply, in time order with ticks.
-                input.for_each(|cap, batch| {
-                    for ((key, value), time, diff) in batch.drain(..) {
-                        file(&mut pending, &cap, (key, value), time, diff);
-                    }
-                });
+                input.for_each(|cap, batch| file_all(&mut pending, &cap, batch.drain(..)));
                 // Updates apply at the least time either input may still bring: a tick before a
                 // record's time must act first, so that each change is given at its own time.
                 let data_open = frontier.frontier().first().copied();
@@ -344,14 +362,16 @@ where
                                     (key, value, time, diff),
                                 );
                             }
-                            owed.settle();
+                            owed.iter_mut().for_each(Owed::settle);
                             cap
                         }
                         (_, Some(tick)) => {
                             let Some((_, cap)) = marks.pop_first() else {
                                 break;
                             };
-                            owed.take_due(tick, &mut due);
+                            for owed in owed.iter_mut() {
+                                owed.take_due(tick, &mut due);
+                            }
                             for (((key, value, w), _), diff) in due.drain(..) {
                                 keys.apply(
                                     key,
@@ -383,7 +403,7 @@ where
 /// has already left (e.g. a late record, or a window of `d <= 0`); owes the other exits.
 fn arrive<K, V, S, O, R>(
     keys: &mut Keys<K, S, O>,
-    owed: &mut Owed<(K, V, u8)>,
+    owed: &mut [Owed<(K, V, u8)>],
     durations: &[i64],
     windows_of: &impl Fn(&V) -> u64,
     update: &mut impl FnMut(&mut S, &V, Passage, Diff),
@@ -415,7 +435,7 @@ fn arrive<K, V, S, O, R>(
         if leaves <= time {
             step(keys, Passage::Leave(w as u8), rows);
         } else {
-            owed.owe(leaves, (key.clone(), value.clone(), w as u8), -diff);
+            owed[w].owe(leaves, (key.clone(), value.clone(), w as u8), -diff);
         }
     }
 }

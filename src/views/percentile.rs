@@ -15,12 +15,13 @@
 //! [`fold_by_key`](super::fold::fold_by_key)): the output at every time is exactly the
 //! nearest-rank definition applied to the metrics at that time.
 
-use super::fold::{file, Pending};
+use super::fold::{file_all, Pending};
 use super::Diff;
 use crate::event::{Sym, UserId};
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use std::cell::RefCell;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
@@ -72,11 +73,7 @@ impl Ranks {
         if diff == 0 {
             return;
         }
-        let count = self.counts.entry(metric).or_insert(0);
-        *count += diff;
-        if *count == 0 {
-            self.counts.remove(&metric);
-        }
+        add_count(&mut self.counts, metric, diff);
         self.users += diff;
         if let Some((threshold, below)) = &mut self.cursor {
             if metric < *threshold {
@@ -181,11 +178,7 @@ pub fn percentile_thresholds<'s>(
                 let mut current: Option<i64> = None;
                 let mut pending: Pending<i64> = BTreeMap::new();
                 move |(input, frontier), output| {
-                    input.for_each(|cap, batch| {
-                        for (metric, time, diff) in batch.drain(..) {
-                            file(&mut pending, &cap, metric, time, diff);
-                        }
-                    });
+                    input.for_each(|cap, batch| file_all(&mut pending, &cap, batch.drain(..)));
                     while let Some(entry) = pending.first_entry() {
                         if frontier.less_equal(entry.key()) {
                             break;
@@ -239,16 +232,9 @@ pub fn at_or_above<'s>(
             let mut thresholds: BTreeMap<i64, Diff> = BTreeMap::new();
             let mut changes: Vec<(UserId, Diff)> = Vec::new();
             move |(metrics, metrics_frontier), (limits, limits_frontier), output| {
-                metrics.for_each(|cap, batch| {
-                    for (row, time, diff) in batch.drain(..) {
-                        file(&mut metric_updates, &cap, row, time, diff);
-                    }
-                });
-                limits.for_each(|cap, batch| {
-                    for (threshold, time, diff) in batch.drain(..) {
-                        file(&mut threshold_updates, &cap, threshold, time, diff);
-                    }
-                });
+                metrics.for_each(|cap, batch| file_all(&mut metric_updates, &cap, batch.drain(..)));
+                limits
+                    .for_each(|cap, batch| file_all(&mut threshold_updates, &cap, batch.drain(..)));
                 loop {
                     let next = match (
                         metric_updates.keys().next(),
@@ -278,11 +264,7 @@ pub fn at_or_above<'s>(
                     }
                     if let Some((c, limits)) = limits {
                         for (threshold, diff) in limits {
-                            let count = thresholds.entry(threshold).or_insert(0);
-                            *count += diff;
-                            if *count == 0 {
-                                thresholds.remove(&threshold);
-                            }
+                            add_count(&mut thresholds, threshold, diff);
                         }
                         cap = cap.or(Some(c));
                     }
@@ -315,10 +297,26 @@ fn current_threshold(thresholds: &BTreeMap<i64, Diff>) -> Option<i64> {
 
 /// Adds `diff` to the multiplicity of `entry`, dropping it at zero.
 fn add_to(held: &mut ByMetric, entry: (i64, UserId), diff: Diff) {
-    let count = held.entry(entry).or_insert(0);
-    *count += diff;
-    if *count == 0 {
-        held.remove(&entry);
+    add_count(held, entry, diff);
+}
+
+/// Adds `diff` to the count of `key` in `map`, dropping the entry at zero (one search).
+fn add_count<K: Ord, C>(map: &mut BTreeMap<K, C>, key: K, diff: C)
+where
+    C: Copy + Default + PartialEq + std::ops::AddAssign,
+{
+    match map.entry(key) {
+        Entry::Occupied(mut count) => {
+            *count.get_mut() += diff;
+            if *count.get() == C::default() {
+                count.remove();
+            }
+        }
+        Entry::Vacant(slot) => {
+            if diff != C::default() {
+                slot.insert(diff);
+            }
+        }
     }
 }
 

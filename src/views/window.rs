@@ -353,12 +353,15 @@ type Bucket<D> = Vec<((u64, D), Diff)>;
 const BUCKET: u64 = 256;
 
 /// The retractions a window owes, by the second they fall due, in buckets of [`BUCKET`]
-/// seconds. Records mostly arrive in time order, so owing one is a push onto the last bucket.
+/// seconds. Records mostly arrive in time order, so owing one is a push onto the last bucket,
+/// which is kept out of the map (`tail`) so that the push needs no map search.
 /// A bucket holding a cancelling update (a record retracted before it left, e.g. a forgotten
 /// user's event) is consolidated at the next [`Owed::settle`], so cancelled retractions do not
 /// stay in memory.
 pub(crate) struct Owed<D> {
     buckets: BTreeMap<u64, Bucket<D>>,
+    /// The latest bucket owed to, when it is later than every bucket of the map.
+    tail: Option<(u64, Bucket<D>)>,
     /// Buckets holding a positive (cancelling) update.
     unsettled: BTreeSet<u64>,
 }
@@ -367,6 +370,7 @@ impl<D> Default for Owed<D> {
     fn default() -> Self {
         Owed {
             buckets: BTreeMap::new(),
+            tail: None,
             unsettled: BTreeSet::new(),
         }
     }
@@ -376,23 +380,59 @@ impl<D: Ord + Clone> Owed<D> {
     /// Owes `(record, diff)` at second `due`. A positive `diff` cancels an earlier retraction.
     pub(crate) fn owe(&mut self, due: u64, record: D, diff: Diff) {
         let bucket = due / BUCKET;
-        // Records mostly arrive in time order: most land in the last bucket.
-        match self.buckets.last_entry() {
-            Some(mut last) if *last.key() == bucket => last.get_mut().push(((due, record), diff)),
-            _ => self
-                .buckets
-                .entry(bucket)
-                .or_insert_with(|| Vec::with_capacity(64))
-                .push(((due, record), diff)),
-        }
         if diff > 0 {
             self.unsettled.insert(bucket);
+        }
+        // Records mostly arrive in time order: most land in the tail.
+        match &mut self.tail {
+            Some((last, updates)) if *last == bucket => {
+                updates.push(((due, record), diff));
+                return;
+            }
+            Some((last, _)) if *last > bucket => {
+                self.buckets
+                    .entry(bucket)
+                    .or_insert_with(|| Vec::with_capacity(64))
+                    .push(((due, record), diff));
+                return;
+            }
+            _ => {}
+        }
+        // A later bucket (or the first): it becomes the tail.
+        self.untail();
+        if self
+            .buckets
+            .last_key_value()
+            .is_some_and(|(last, _)| *last > bucket)
+        {
+            self.buckets
+                .entry(bucket)
+                .or_insert_with(|| Vec::with_capacity(64))
+                .push(((due, record), diff));
+            return;
+        }
+        let mut updates = self
+            .buckets
+            .remove(&bucket)
+            .unwrap_or_else(|| Vec::with_capacity(64));
+        updates.push(((due, record), diff));
+        self.tail = Some((bucket, updates));
+    }
+
+    /// Puts the tail back into the map of buckets.
+    fn untail(&mut self) {
+        if let Some((bucket, updates)) = self.tail.take() {
+            self.buckets.insert(bucket, updates);
         }
     }
 
     /// Consolidates the buckets holding cancelling updates. A bucket stays unsettled while a
     /// positive update is left in it (its record's retraction has not arrived yet).
     pub(crate) fn settle(&mut self) {
+        if self.unsettled.is_empty() {
+            return;
+        }
+        self.untail();
         let buckets = &mut self.buckets;
         self.unsettled.retain(|bucket| {
             let Entry::Occupied(mut updates) = buckets.entry(*bucket) else {
@@ -409,6 +449,13 @@ impl<D: Ord + Clone> Owed<D> {
 
     /// Moves every retraction due at or before `tick` into `out`, at time `tick`.
     pub(crate) fn take_due(&mut self, tick: u64, out: &mut Vec<((D, u64), Diff)>) {
+        if self
+            .tail
+            .as_ref()
+            .is_some_and(|(bucket, _)| bucket.saturating_mul(BUCKET) <= tick)
+        {
+            self.untail();
+        }
         while let Some(mut bucket) = self.buckets.first_entry() {
             if bucket.key().saturating_mul(BUCKET) > tick {
                 break;
@@ -531,8 +578,13 @@ mod tests {
                     }
                 }
                 owed.settle();
-                let mut held: Vec<((u64, u8), Diff)> =
-                    owed.buckets.values().flatten().cloned().collect();
+                let mut held: Vec<((u64, u8), Diff)> = owed
+                    .buckets
+                    .values()
+                    .chain(owed.tail.iter().map(|(_, updates)| updates))
+                    .flatten()
+                    .cloned()
+                    .collect();
                 let keys: std::collections::BTreeSet<(u64, u8)> =
                     held.iter().map(|(key, _)| *key).collect();
                 consolidate(&mut held);
