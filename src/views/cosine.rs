@@ -537,14 +537,10 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                 // `a` is visited only if `b` was among its best (its old record ranks at or
                 // before their last) or may now enter them; otherwise `b` stays behind them, as
                 // with a size change below.
-                let visit = match &subject.bound {
-                    Some(last) => {
-                        let size = self.sizes.get(&b).copied().unwrap_or(0);
-                        beats_or_is(before, old_size(&self.sizes, b), b, last)
-                            || (overlap > 0 && beats(overlap, size, b, last))
-                    }
-                    None => true,
-                };
+                let visit = subject.bound.as_ref().is_none_or(|last| {
+                    let size = self.sizes.get(&b).copied().unwrap_or(0);
+                    can_move(b, (before, old_size(&self.sizes, b)), (overlap, size), last)
+                });
                 // `b`'s own candidates hold this overlap when `b` is ranked here (see
                 // `reverse`).
                 if !route.here(&b) {
@@ -588,15 +584,14 @@ impl<M: Ord + Hash + Copy> Ranking<M> {
                 if !route.here(a) {
                     continue;
                 }
-                // The member's record changes for `a` if it is among `a`'s best (its old record
-                // ranks at or before their last), and can enter them if its cosine rose (a
-                // smaller set: a forget) past their last. Otherwise it stays behind them.
+                // The member's record changes for `a` if it is among `a`'s best, and can enter
+                // them if its cosine rose (a smaller set: a forget) past their last. Otherwise
+                // it stays behind them.
                 let last = self.subjects.get(a).and_then(|s| s.bound.as_ref());
-                if let Some(last) = last {
-                    let rises = diff < 0 && size > 0 && beats(overlap, size, member, last);
-                    if !rises && !beats_or_is(overlap, old_size, member, last) {
-                        continue;
-                    }
+                if last.is_some_and(|last| {
+                    !can_move(member, (overlap, old_size), (overlap, size), last)
+                }) {
+                    continue;
                 }
                 dirty.entry(*a).or_default().push((member, overlap));
             }
@@ -632,6 +627,13 @@ fn beats<M: Ord>(overlap: i64, size: u64, b: M, w: &Similar<M>) -> bool {
     let lhs = u128::from(overlap).pow(2) * u128::from(w.neighbour_size);
     let rhs = u128::from(w.overlap).pow(2) * u128::from(size);
     lhs > rhs || (lhs == rhs && b < w.neighbour)
+}
+
+/// Whether candidate `b`, whose `(overlap, set size)` went from `old` to `new`, can change a
+/// member's best, whose last entry is `last`: its old record ranked at or before `last`, or its
+/// new one ranks before it. Otherwise it was and stays behind every entry.
+fn can_move<M: Ord + Copy>(b: M, old: (i64, u64), new: (i64, u64), last: &Similar<M>) -> bool {
+    beats_or_is(old.0, old.1, b, last) || (new.0 > 0 && new.1 > 0 && beats(new.0, new.1, b, last))
 }
 
 /// [`beats`], or `b` is `w`'s neighbour with these counts.
