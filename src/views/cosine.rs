@@ -40,6 +40,7 @@
 //! names them. [`CosineState::records_naming`] counts what the state holds of given ids, which
 //! the runtime adds to its end-of-run audit.
 
+use super::fold::{file_all, Pending};
 use super::similarity::{closer, Similar};
 use super::{first_n_by, merge_first_n_by, sorted_changes, Diff};
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
@@ -180,9 +181,6 @@ impl<M> Ranking<M> {
 /// The top-`k` neighbours `(member, Similar { neighbour, .. })` of every member.
 pub type Neighbours<'s, M> = VecCollection<'s, u64, (M, Similar<M>), Diff>;
 
-/// Updates held until the input frontier passes their time, with the capability to emit then.
-type Held<D> = (Capability<u64>, Vec<(D, Diff)>);
-
 /// A handle on the state of one [`top_k_cosine_with_state`] instance on this worker, to audit
 /// it for records of forgotten users.
 pub struct CosineState<G, M> {
@@ -272,17 +270,9 @@ where
         Exchange::new(|((group, _), _, _): &((G, M), u64, Diff)| group.hashed()),
         "CosinePairs",
         move |_, _| {
-            let mut pending: BTreeMap<u64, Held<(G, M)>> = BTreeMap::new();
+            let mut pending: Pending<(G, M)> = BTreeMap::new();
             move |(input, frontier), output| {
-                input.for_each(|cap, batch| {
-                    for (membership, time, diff) in batch.drain(..) {
-                        pending
-                            .entry(time)
-                            .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                            .1
-                            .push((membership, diff));
-                    }
-                });
+                input.for_each(|cap, batch| file_all(&mut pending, &cap, batch.drain(..)));
                 while let Some(entry) = pending.first_entry() {
                     let time = *entry.key();
                     if frontier.less_equal(&time) {
