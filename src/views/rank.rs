@@ -257,9 +257,6 @@ impl Ranks {
                 ToRank::Neighbour(v, w) => {
                     let delta = w * diff as i64;
                     if let Some(its) = self.items_of.get(&v) {
-                        if !rank.stale {
-                            rank.changed.reserve(its.len());
-                        }
                         for (&item, &copies) in its {
                             add(&mut rank.via, item, delta * copies);
                             rank.touch(item, delta * copies);
