@@ -6,6 +6,7 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
+use crate::views::history::{history_views, HistoryRow, HistoryViews};
 use crate::views::recommend::{recommendations_with_state, RecommendParams, Recommendation};
 use crate::views::similarity::{
     item_similarity_with_state, similarity_with_state, ItemSimilarityParams, Similar,
@@ -309,33 +310,28 @@ pub fn build_views<'s>(
     VecCollection<'s, u64, Row, Diff>,
     Vec<Box<dyn AuditedTrace>>,
 ) {
-    let times = views::user_times(events.clone());
-    let mut audited: Vec<Box<dyn AuditedTrace>> = vec![Box::new(UserKeyed {
-        name: "user_times".into(),
-        trace: times.trace.clone(),
-    })];
+    let mut audited: Vec<Box<dyn AuditedTrace>> = Vec::new();
     let mut outputs = Vec::new();
-    if let Some(gap) = config.sessions {
-        let arranged = views::sessions_arranged(times.clone(), gap);
-        audited.push(Box::new(UserKeyed {
-            name: "sessions".into(),
-            trace: arranged.trace.clone(),
+    let history = HistoryViews {
+        sessions: config.sessions,
+        engagement: config.engagement,
+    };
+    if history != HistoryViews::default() {
+        let (rows, held) = history_views(events.clone(), history);
+        audited.push(Box::new(InOperator {
+            name: "user_histories".into(),
+            count: Box::new(move |users| held.count(|u| users.binary_search(u).is_ok())),
         }));
-        outputs.push(arranged.as_collection(|u: &UserId, s: &Session| Row::Session(*u, *s)));
-    }
-    if let Some((gap, offset)) = config.engagement {
-        let arranged = views::engagement_arranged(times, gap, offset);
-        audited.push(Box::new(UserKeyed {
-            name: "engagement".into(),
-            trace: arranged.trace.clone(),
+        outputs.push(rows.map(|(user, row)| match row {
+            HistoryRow::Session(s) => Row::Session(user, s),
+            HistoryRow::Engagement(e) => Row::Engagement(user, e),
         }));
-        outputs.push(arranged.as_collection(|u: &UserId, e: &Engagement| Row::Engagement(*u, *e)));
     }
     if !config.segments.is_empty() {
         let (members, state) =
             segments::all_members_with_state(events.clone(), &config.segments, expiry_at);
         audited.push(Box::new(InOperator {
-            name: "percentile_operators".into(),
+            name: "segment_operators".into(),
             count: Box::new(move |users| state.records_naming(|u| users.binary_search(u).is_ok())),
         }));
         let members = members
@@ -348,12 +344,14 @@ pub fn build_views<'s>(
         }));
         outputs.push(members.as_collection(|u: &UserId, s: &Sym| Row::Member(*s, *u)));
     }
-    for (table, (_, spec)) in config.retention.iter().enumerate() {
+    for (table, (name, spec)) in config.retention.iter().enumerate() {
         let table = table as u32;
-        outputs.push(
-            views::retention(events.clone(), spec)
-                .map(move |(cell, retained)| Row::Retention(table, cell, retained)),
-        );
+        let (counts, held) = views::retention::retention_with_state(events.clone(), spec);
+        audited.push(Box::new(InOperator {
+            name: format!("retention_{name}"),
+            count: Box::new(move |users| held.count(|u| users.binary_search(u).is_ok())),
+        }));
+        outputs.push(counts.map(move |(cell, retained)| Row::Retention(table, cell, retained)));
     }
     if let Some(params) = &config.similarity {
         let (neighbours, state) = similarity_with_state(events.clone(), params);

@@ -7,6 +7,7 @@ use behave::event::{Event, UserId};
 use behave::ingest::Epoch;
 use behave::runtime::{Audit, Cluster, Row, Runner, ViewConfig};
 use behave::views::recommend::RecommendParams;
+use behave::views::retention::{Period, RetentionSpec};
 use behave::views::segments::{Dormant, Metric, Percentile, Segment};
 use behave::views::similarity::{Interactions, SimilarityParams};
 
@@ -26,6 +27,17 @@ fn views() -> ViewConfig {
         event: None,
         metric: Metric::Count,
     }));
+    // Every user is in the daily cohort of their first event: the retention fold holds everyone.
+    config.retention.push((
+        "daily".into(),
+        RetentionSpec {
+            period: Period::Day,
+            utc_offset: 0,
+            start_event: None,
+            return_event: None,
+            unbounded: false,
+        },
+    ));
     // Everyone views the same films: everyone is everyone's neighbour.
     config.similarity = Some(SimilarityParams {
         interactions: Interactions {
@@ -82,10 +94,11 @@ fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> Audit {
         .collect();
     runner.sync(epoch(30_000, workers, retractions)).unwrap();
     let finished = runner.finish(30_000, audit_for).unwrap();
-    // user_times, sessions, engagement, segment memberships, similarity, recommendations and
-    // the in-place state of the percentile operators, of the similarity operators and of the
-    // recommendation ranking, on every worker.
-    assert_eq!(finished.audit.traces, 9 * workers);
+    // Segment memberships, similarity and recommendations (arrangements), and the in-place
+    // state of the user histories (sessions, engagement), of the segment fold and percentile
+    // operators, of the retention fold, of the similarity operators and of the recommendation
+    // ranking, on every worker.
+    assert_eq!(finished.audit.traces, 8 * workers);
     // The views no longer mention forgotten users, and still mention the others.
     let snapshot = finished.snapshot.unwrap();
     let mentioned = |user: u64| {
@@ -111,10 +124,11 @@ fn forgotten_users_leave_no_record_in_any_arrangement() {
 
 #[test]
 fn the_audit_finds_records_that_are_there() {
-    // User 3 was never forgotten: 20 times in user_times, 15 sessions... all present.
+    // User 3 was never forgotten: their history (sessions, engagement), their segment fold
+    // state with its 20 owed exits from the day window, 2 memberships (dormant, percentile),
+    // their entry in the percentile operators, their retention state, and their neighbours and
+    // recommendations are all found, each one physical update after compaction.
     let audit = run(1, &[2], vec![UserId(3)]);
-    // 20 event times + its sessions + 1 engagement row + 2 memberships (dormant, percentile)
-    // + 1 entry in the percentile operators, each one physical update after compaction.
     assert!(audit.residual_records >= 25, "{audit:?}");
     assert_eq!(audit.physical_records, audit.residual_records, "{audit:?}");
 }

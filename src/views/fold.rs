@@ -18,9 +18,11 @@ use super::{sorted_changes, Diff};
 use crate::event::Time;
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::rc::Rc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::{Capability, InputCapability};
@@ -143,8 +145,8 @@ macro_rules! settle {
 pub fn fold_by_key<'s, K, V, S, O, U, R>(
     collection: VecCollection<'s, u64, (K, V), Diff>,
     name: &str,
-    mut update: U,
-    mut rows: R,
+    update: U,
+    rows: R,
 ) -> VecCollection<'s, u64, O, Diff>
 where
     K: ExchangeData + Hash + Hashable<Output = u64>,
@@ -154,17 +156,38 @@ where
     U: FnMut(&mut S, &V, Diff) + 'static,
     R: FnMut(&K, &S, &mut Vec<O>) + 'static,
 {
+    fold_by_key_audited(collection, name, update, rows).0
+}
+
+/// [`fold_by_key`], with a handle on the keys its state holds on this worker, for audits
+/// (e.g. that no state is left of a forgotten user).
+pub fn fold_by_key_audited<'s, K, V, S, O, U, R>(
+    collection: VecCollection<'s, u64, (K, V), Diff>,
+    name: &str,
+    mut update: U,
+    mut rows: R,
+) -> (VecCollection<'s, u64, O, Diff>, FoldKeys<K>)
+where
+    K: ExchangeData + Hash + Hashable<Output = u64>,
+    V: ExchangeData,
+    S: Default + PartialEq + 'static,
+    O: Ord + Clone + 'static,
+    U: FnMut(&mut S, &V, Diff) + 'static,
+    R: FnMut(&K, &S, &mut Vec<O>) + 'static,
+{
+    let shared: Rc<RefCell<Keys<K, S, O>>> = Rc::default();
+    let held = FoldKeys::of(&shared);
     let pact = Exchange::new(|((key, _), _, _): &((K, V), u64, Diff)| key.hashed());
-    collection
+    let folded = collection
         .inner
         .unary_frontier(pact, name, move |_, _| {
             // Updates at times after the frontier, by time, with the capability to emit there.
             let mut pending: Pending<(K, V)> = BTreeMap::new();
-            let mut keys: Keys<K, S, O> = Keys::default();
             // The round in progress: updates at the frontier applied since the last settle, to
             // be given at this capability's time once the frontier passes it.
             let mut round: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
+                let mut keys = shared.borrow_mut();
                 // Every update before the frontier has been applied, so updates at the frontier
                 // apply at once; later ones wait until the frontier reaches them. A time's row
                 // changes are given once the frontier passes it, so a key changed by several
@@ -201,7 +224,8 @@ where
                 });
             }
         })
-        .as_collection()
+        .as_collection();
+    (folded, held)
 }
 
 /// [`fold_by_key`] over the [`passages`] of records through sliding windows: each record
@@ -261,9 +285,36 @@ pub fn fold_passages<'s, K, V, S, O, W, U, R>(
     windows_of: W,
     expiry_at: &Expiry<'s>,
     name: &str,
-    mut update: U,
+    update: U,
     rows: R,
 ) -> VecCollection<'s, u64, O, Diff>
+where
+    K: ExchangeData + Hash + Hashable<Output = u64>,
+    V: ExchangeData,
+    S: Default + PartialEq + 'static,
+    O: Ord + Clone + 'static,
+    W: Fn(&V) -> u64 + 'static,
+    U: FnMut(&mut S, &V, Passage, Diff) + 'static,
+    R: FnMut(&K, &S, &mut Vec<O>) + 'static,
+{
+    fold_passages_audited(
+        collection, durations, windows_of, expiry_at, name, update, rows,
+    )
+    .0
+}
+
+/// [`fold_passages`], with a handle on the keys its state and its owed exits hold on this
+/// worker, for audits.
+#[allow(clippy::too_many_arguments)]
+pub fn fold_passages_audited<'s, K, V, S, O, W, U, R>(
+    collection: VecCollection<'s, u64, (K, (Time, V)), Diff>,
+    durations: &[i64],
+    windows_of: W,
+    expiry_at: &Expiry<'s>,
+    name: &str,
+    mut update: U,
+    rows: R,
+) -> (VecCollection<'s, u64, O, Diff>, FoldKeys<K>)
 where
     K: ExchangeData + Hash + Hashable<Output = u64>,
     V: ExchangeData,
@@ -286,7 +337,7 @@ where
                 expiry_at,
             )
             .map(|((key, value), passage)| (key, (value, passage)));
-            return fold_by_key(
+            return fold_by_key_audited(
                 passed,
                 name,
                 move |state: &mut S, (value, passage): &(V, Passage), diff| {
@@ -299,21 +350,36 @@ where
     let durations: Vec<i64> = durations.iter().copied().take(64).collect();
     let pact = Exchange::new(|((key, _), _, _): &((K, (Time, V)), u64, Diff)| key.hashed());
     let mut rows = rows;
-    collection
+    let keys: Rc<RefCell<Keys<K, S, O>>> = Rc::default();
+    // Exits owed, negated (an insertion owes `-diff`), by the second they fall due: one queue
+    // per window, as each window's exits mostly fall due in arrival order.
+    let owed: Rc<RefCell<OwedExits<K, V>>> = Rc::new(RefCell::new(
+        durations.iter().map(|_| Owed::default()).collect(),
+    ));
+    let held = {
+        let (states, owed) = (FoldKeys::of(&keys), owed.clone());
+        FoldKeys {
+            count: Rc::new(move |which: &dyn Fn(&K) -> bool| {
+                states.count(which)
+                    + owed
+                        .borrow()
+                        .iter()
+                        .map(|queue| queue.records(&|(key, _, _)| which(key)))
+                        .sum::<usize>()
+            }),
+        }
+    };
+    let folded = collection
         .inner
         .binary_frontier(ticks, pact, Pipeline, name, move |_, _| {
             // As in `fold_by_key`: updates after the frontier, the states, the round in progress.
             let mut pending: Pending<(K, (Time, V))> = BTreeMap::new();
-            let mut keys: Keys<K, S, O> = Keys::default();
             let mut round: Option<Capability<u64>> = None;
-            // Exits owed, negated (an insertion owes `-diff`), by the second they fall due: one
-            // queue per window, as each window's exits mostly fall due in arrival order.
-            let mut owed: Vec<Owed<(K, V, u8)>> =
-                durations.iter().map(|_| Owed::default()).collect();
             // Ticks not yet acted on, with the capability to give at their time.
             let mut marks: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             let mut due: Vec<(Exit<K, V>, Diff)> = Vec::new();
             move |(input, frontier), (ticks, ticks_frontier), output| {
+                let (mut keys, mut owed) = (keys.borrow_mut(), owed.borrow_mut());
                 ticks.for_each(|cap, batch| {
                     batch.clear();
                     if let Some(cap) = cap.retain_least(0) {
@@ -396,7 +462,8 @@ where
                 }
             }
         })
-        .as_collection()
+        .as_collection();
+    (folded, held)
 }
 
 /// Applies a record's arrival at `time` to its key's state, and its exits from the windows it
@@ -437,6 +504,42 @@ fn arrive<K, V, S, O, R>(
         } else {
             owed[w].owe(leaves, (key.clone(), value.clone(), w as u8), -diff);
         }
+    }
+}
+
+/// Counts the keys for which a predicate holds.
+type KeyCounter<K> = dyn Fn(&dyn Fn(&K) -> bool) -> usize;
+
+/// The exits a [`fold_passages`] owes, one queue per window.
+type OwedExits<K, V> = Vec<Owed<(K, V, u8)>>;
+
+/// A handle on the keys a fold's state holds on one worker (see [`fold_by_key_audited`]): every
+/// key present is live, since a key whose state is back to the default leaves at once.
+pub struct FoldKeys<K> {
+    count: Rc<KeyCounter<K>>,
+}
+
+impl<K> Clone for FoldKeys<K> {
+    fn clone(&self) -> Self {
+        FoldKeys {
+            count: self.count.clone(),
+        }
+    }
+}
+
+impl<K: 'static> FoldKeys<K> {
+    fn of<S: 'static, O: 'static>(keys: &Rc<RefCell<Keys<K, S, O>>>) -> FoldKeys<K> {
+        let keys = keys.clone();
+        FoldKeys {
+            count: Rc::new(move |which: &dyn Fn(&K) -> bool| {
+                keys.borrow().states.keys().filter(|key| which(key)).count()
+            }),
+        }
+    }
+
+    /// How many keys of the state satisfy `which`.
+    pub fn count(&self, which: impl Fn(&K) -> bool) -> usize {
+        (self.count)(&which)
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod cosine;
 pub mod engagement;
 pub mod fold;
+pub mod history;
 pub mod percentile;
 pub mod rank;
 pub mod recommend;

@@ -7,9 +7,9 @@
 //! which `k = 0` holds the cohort size and only non-zero counts are present. A snapshot turns it
 //! into the reported table, zeros included, up to the as-of period, with [`retention_table`].
 
-use super::fold::fold_by_key;
+use super::fold::{fold_by_key_audited, FoldKeys};
 use super::Diff;
-use crate::event::{Event, Sym, Time};
+use crate::event::{Event, Sym, Time, UserId};
 use crate::time::DAY;
 use chrono::{Datelike, NaiveDate};
 use differential_dataflow::operators::CountTotal;
@@ -157,49 +157,44 @@ impl RetentionSpec {
     }
 }
 
-/// A user's multiplicity per `(is_return, period)`, sorted, without zeros: a few dozen entries
-/// at most for daily periods over a month, so a sorted vector (one allocation, binary search)
-/// rather than a map.
-type Periods = Vec<((bool, PeriodIndex), Diff)>;
+/// A user's periods with events, ascending, each with its multiplicities of start events and of
+/// return events (a period with neither is absent).
+type Periods = Vec<(PeriodIndex, [Diff; 2])>;
 
-/// Adds `diff` to the multiplicity of `key` in `periods`, dropping it at zero.
-fn add_period(periods: &mut Periods, key: (bool, PeriodIndex), diff: Diff) {
-    match periods.binary_search_by(|(k, _)| k.cmp(&key)) {
+/// Adds `starts` and `returns` to the multiplicities of period `p` in `periods`, dropping the
+/// period when both are zero.
+fn add_period(periods: &mut Periods, p: PeriodIndex, starts: Diff, returns: Diff) {
+    match periods.binary_search_by(|(q, _)| q.cmp(&p)) {
         Ok(i) => {
-            periods[i].1 += diff;
-            if periods[i].1 == 0 {
+            let counts = &mut periods[i].1;
+            counts[0] += starts;
+            counts[1] += returns;
+            if *counts == [0, 0] {
                 periods.remove(i);
             }
         }
-        Err(i) => periods.insert(i, (key, diff)),
+        Err(i) => periods.insert(i, (p, [starts, returns])),
     }
 }
 
-/// Per user, from their sorted distinct `(is_return, period)` values: the user's cohort and the
-/// offsets `k` they count for. Bounded: `0` and every `p - c > 0` with a return in `p`;
-/// unbounded: only the largest such offset (or `0`), expanded per cohort later.
-fn user_offsets(
-    values: impl Iterator<Item = (bool, PeriodIndex)>,
-    unbounded: bool,
-    output: &mut Vec<(PeriodIndex, i64)>,
-) {
-    let mut cohort = None;
-    let mut last = 0i64;
-    for (is_return, period) in values {
-        if !is_return {
-            // Start periods come first, in ascending order: the first is the cohort.
-            cohort.get_or_insert(period);
-            continue;
-        }
-        let Some(c) = cohort else { return };
-        if unbounded {
-            last = last.max(period - c);
-        } else if period > c {
-            output.push((c, period - c));
-        }
-    }
-    if let Some(c) = cohort {
-        output.push((c, if unbounded { last } else { 0 }));
+/// Per user, from their [`Periods`]: the user's cohort `c` (their first period with a start
+/// event) and the offsets `k` they count for, ascending. Bounded: `0` and every `p - c > 0`
+/// with a return in `p`; unbounded: only the largest such offset (or `0`), expanded per cohort
+/// later.
+fn user_offsets(periods: &Periods, unbounded: bool, output: &mut Vec<(PeriodIndex, i64)>) {
+    let Some(first) = periods.iter().position(|(_, [starts, _])| *starts > 0) else {
+        return;
+    };
+    let c = periods[first].0;
+    let mut returns = periods[first + 1..]
+        .iter()
+        .filter(|(_, [_, returns])| *returns > 0)
+        .map(|(p, _)| p - c);
+    if unbounded {
+        output.push((c, returns.next_back().unwrap_or(0)));
+    } else {
+        output.push((c, 0));
+        output.extend(returns.map(|k| (c, k)));
     }
 }
 
@@ -250,6 +245,17 @@ pub fn retention<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     spec: &RetentionSpec,
 ) -> VecCollection<'s, u64, ((PeriodIndex, i64), u64), Diff> {
+    retention_with_state(events, spec).0
+}
+
+/// Retention counts `((cohort, k), retained)`, as [`retention`] gives them.
+pub type RetentionCounts<'s> = VecCollection<'s, u64, ((PeriodIndex, i64), u64), Diff>;
+
+/// [`retention`], with the users its per-user fold holds on this worker (for the forget audit).
+pub fn retention_with_state<'s>(
+    events: VecCollection<'s, u64, Event, Diff>,
+    spec: &RetentionSpec,
+) -> (RetentionCounts<'s>, FoldKeys<UserId>) {
     let RetentionSpec {
         period,
         utc_offset,
@@ -266,34 +272,32 @@ pub fn retention<'s>(
             (event.user, (p, starts, returns))
         })
     });
-    // Each user's multiplicity per (is_return, period); the user's cohort and offsets follow
-    // from the periods present.
-    let per_user = fold_by_key(
+    // Each user's multiplicities of starts and returns per period; the user's cohort and
+    // offsets follow from them.
+    let (per_user, held) = fold_by_key_audited(
         per_user,
         "RetentionUser",
         |periods: &mut Periods, &(p, starts, returns), diff| {
-            for (on, is_return) in [(starts, false), (returns, true)] {
-                if on {
-                    add_period(periods, (is_return, p), diff);
-                }
-            }
+            add_period(
+                periods,
+                p,
+                diff * Diff::from(starts),
+                diff * Diff::from(returns),
+            );
         },
         move |_user, periods: &Periods, rows: &mut Vec<(PeriodIndex, i64)>| {
-            let present = periods
-                .iter()
-                .filter(|(_, count)| *count > 0)
-                .map(|(value, _)| *value);
-            user_offsets(present, unbounded, rows);
+            user_offsets(periods, unbounded, rows);
         },
     );
     if !unbounded {
-        return per_user
+        let counts = per_user
             .count_total()
             .map(|(cohort_offset, n)| (cohort_offset, n as u64));
+        return (counts, held);
     }
     // Unbounded: each user counts for every k up to their largest offset; per cohort, the
     // number of users with largest offset >= k (a suffix sum over the offset histogram).
-    per_user
+    let counts = per_user
         .reduce_named(
             "RetentionUnbounded",
             |_cohort: &PeriodIndex,
@@ -315,7 +319,8 @@ pub fn retention<'s>(
                 }
             },
         )
-        .map(|(cohort, (k, n))| ((cohort, k), n))
+        .map(|(cohort, (k, n))| ((cohort, k), n));
+    (counts, held)
 }
 
 /// One row of a retention table.

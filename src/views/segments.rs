@@ -22,7 +22,7 @@
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
-use super::fold::fold_passages;
+use super::fold::{fold_passages_audited, FoldKeys};
 use super::percentile::{at_or_above, percentile_thresholds, PercentileState};
 use super::window::{Expiry, Passage};
 use super::Diff;
@@ -361,6 +361,23 @@ pub fn all_members<'s>(
     all_members_with_state(events, segments, expiry_at).0
 }
 
+/// The operator state of segments that names users, for the forget audit: each group's
+/// per-user fold with its owed window exits, and the percentile operators' users by metric.
+/// Every entry is live: entries leave when their count or state is back to zero.
+#[derive(Clone, Default)]
+pub struct SegmentState {
+    folds: Vec<FoldKeys<UserId>>,
+    percentile: PercentileState,
+}
+
+impl SegmentState {
+    /// How many entries of the state name a user for which `user` holds.
+    pub fn records_naming(&self, user: impl Fn(&UserId) -> bool) -> usize {
+        let folds: usize = self.folds.iter().map(|fold| fold.count(&user)).sum();
+        folds + self.percentile.records_naming(user)
+    }
+}
+
 /// [`all_members`], with the operator state that names users (for the forget audit).
 ///
 /// The segments share their windows and their per-user state: one per-user fold
@@ -372,14 +389,15 @@ pub fn all_members_with_state<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segments: &[Segment],
     expiry_at: &Expiry<'s>,
-) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
-    let mut state = PercentileState::default();
+) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, SegmentState) {
+    let mut state = SegmentState::default();
     let mut parts = Vec::new();
     // Up to 32 segments share one fold (a bit each in an event's mark).
     for group in segments.chunks(32) {
-        let (part, held) = group_members(events.clone(), group, expiry_at);
+        let (part, fold, percentile) = group_members(events.clone(), group, expiry_at);
         parts.push(part);
-        state.extend(held);
+        state.folds.push(fold);
+        state.percentile.extend(percentile);
     }
     (
         differential_dataflow::collection::concatenate(events.scope(), parts),
@@ -614,12 +632,15 @@ fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
     })
 }
 
+/// Segment memberships `(segment, user)`.
+type Members<'s> = VecCollection<'s, u64, (Sym, UserId), Diff>;
+
 /// The members of up to 32 segments, from one per-user fold over their windows.
 fn group_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segments: &[Segment],
     expiry_at: &Expiry<'s>,
-) -> (VecCollection<'s, u64, (Sym, UserId), Diff>, PercentileState) {
+) -> (Members<'s>, FoldKeys<UserId>, PercentileState) {
     let plan = Rc::new(Plan::new(segments));
     let (marks, windows, update, rows) = (plan.clone(), plan.clone(), plan.clone(), plan.clone());
     let marked = events.clone().flat_map(move |event: Event| {
@@ -627,7 +648,7 @@ fn group_members<'s>(
             .mark(&event)
             .map(|(time, user, mark)| (user, (time, mark)))
     });
-    let rows = fold_passages(
+    let (rows, fold) = fold_passages_audited(
         marked,
         &plan.durations,
         move |mark: &Mark| windows.windows(mark),
@@ -667,6 +688,7 @@ fn group_members<'s>(
     }
     (
         differential_dataflow::collection::concatenate(events.scope(), parts),
+        fold,
         state,
     )
 }

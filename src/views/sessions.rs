@@ -1,4 +1,8 @@
 //! Sessions: a user's events sorted by time; a gap longer than `gap` starts a new session.
+//!
+//! These functions work at any timestamp and share the arrangement of [`user_times`]; for `u64`
+//! event-second time the runtime keeps the same rows with less work in
+//! [`history_views`](super::history::history_views).
 
 use super::{flatten, user_times, ArrangedBy, Diff, UserTimes};
 use crate::event::{Event, Time, UserId};

@@ -420,6 +420,16 @@ impl<D: Ord + Clone> Owed<D> {
     }
 
     /// Puts the tail back into the map of buckets.
+    /// How many owed records satisfy `which`.
+    pub(crate) fn records(&self, which: &dyn Fn(&D) -> bool) -> usize {
+        self.buckets
+            .values()
+            .chain(self.tail.as_ref().map(|(_, bucket)| bucket))
+            .flatten()
+            .filter(|((_, record), _)| which(record))
+            .count()
+    }
+
     fn untail(&mut self) {
         if let Some((bucket, updates)) = self.tail.take() {
             self.buckets.insert(bucket, updates);
