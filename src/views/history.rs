@@ -35,19 +35,45 @@ pub enum HistoryRow {
     Engagement(Engagement),
 }
 
-/// A user's distinct event times, ascending, with their multiplicities (none zero).
-type Times = Vec<(Time, Diff)>;
+/// A user's distinct event times, ascending, with their multiplicities. A time whose
+/// multiplicity drops to zero stays as a zero entry until zeros are half the entries, so that
+/// retracting a long history (a forget) costs linear time, not a shift per retraction; a
+/// history with nothing left is empty (the default), and leaves the fold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Times {
+    times: Vec<(Time, Diff)>,
+    zeros: usize,
+}
 
-/// Adds `diff` to the multiplicity of `time` in `times`, dropping it at zero.
-fn add_time(times: &mut Times, time: Time, diff: Diff) {
-    match times.binary_search_by(|(t, _)| t.cmp(&time)) {
-        Ok(i) => {
-            times[i].1 += diff;
-            if times[i].1 == 0 {
-                times.remove(i);
+impl Times {
+    /// Adds `diff` to the multiplicity of `time`.
+    fn add(&mut self, time: Time, diff: Diff) {
+        match self.times.binary_search_by(|(t, _)| t.cmp(&time)) {
+            Ok(i) => {
+                let count = &mut self.times[i].1;
+                let was_zero = *count == 0;
+                *count += diff;
+                match (was_zero, *count == 0) {
+                    (false, true) => self.zeros += 1,
+                    (true, false) => self.zeros -= 1,
+                    _ => {}
+                }
+                if 2 * self.zeros >= self.times.len() {
+                    self.times.retain(|(_, count)| *count != 0);
+                    self.zeros = 0;
+                }
             }
+            Err(i) => self.times.insert(i, (time, diff)),
         }
-        Err(i) => times.insert(i, (time, diff)),
+    }
+
+    /// The times present (a positive multiplicity; in the states between a retraction and
+    /// its insertion one can be negative), with their multiplicities, ascending.
+    fn present(&self) -> impl Iterator<Item = (Time, u64)> + Clone + '_ {
+        self.times
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(time, count)| (*time, *count as u64))
     }
 }
 
@@ -89,14 +115,9 @@ pub fn history_views<'s>(
     fold_by_key_audited(
         events.map(|event| (event.user, event.time)),
         "UserHistory",
-        |times: &mut Times, &time: &Time, diff| add_time(times, time, diff),
+        |times: &mut Times, &time: &Time, diff| times.add(time, diff),
         move |user: &UserId, times: &Times, rows: &mut Vec<(UserId, HistoryRow)>| {
-            // In the states between a retraction and its insertion a multiplicity can be
-            // negative; like the views' `reduce`, count only the times present.
-            let present = times
-                .iter()
-                .filter(|(_, count)| *count > 0)
-                .map(|(time, count)| (*time, *count as u64));
+            let present = times.present();
             if let Some(gap) = views.sessions {
                 let sessions = split_sessions(present.clone(), gap);
                 rows.extend(
