@@ -289,21 +289,21 @@ fn pulse(index: usize, peers: usize, time: u64) -> impl Iterator<Item = Event> {
 
 /// The purge pulse's users with `value`, for arrangements the pulse events would not reach
 /// through their view (pulse users belong to no segment and have no neighbour), so that every
-/// audited arrangement gets the batch that rewrites it.
+/// audited arrangement gets the batch that rewrites it. `pulse` is the runtime's own input of
+/// pulse users, so that finding them costs no pass over the events.
 fn pulse_users<'s, V: differential_dataflow::ExchangeData>(
-    events: VecCollection<'s, u64, Event, Diff>,
+    pulse: VecCollection<'s, u64, UserId, Diff>,
     value: V,
 ) -> VecCollection<'s, u64, (UserId, V), Diff> {
-    let purge = Sym::of(PURGE_EVENT);
-    events
-        .filter(move |e| e.kind == purge)
-        .map(move |e| (e.user, value.clone()))
+    pulse.map(move |user| (user, value.clone()))
 }
 
 /// Builds the views of `config` over `events`, windows expiring as `expiry_at` says: the
-/// gathered output rows and the traces to audit.
+/// gathered output rows and the traces to audit. `pulse` holds the users of the purge pulse
+/// (whose events are also in `events`), for the arrangements their events do not reach.
 pub fn build_views<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
+    pulse: VecCollection<'s, u64, UserId, Diff>,
     expiry_at: &Expiry<'s>,
     config: &ViewConfig,
 ) -> (
@@ -336,7 +336,7 @@ pub fn build_views<'s>(
         }));
         let members = members
             .map(|(segment, user)| (user, segment))
-            .concat(pulse_users(events.clone(), Sym::of(PURGE_EVENT)))
+            .concat(pulse_users(pulse.clone(), Sym::of(PURGE_EVENT)))
             .arrange_by_key_named("SegmentMembers");
         audited.push(Box::new(UserKeyed {
             name: "segment_members".into(),
@@ -370,7 +370,7 @@ pub fn build_views<'s>(
             };
             let arranged = neighbours
                 .clone()
-                .concat(pulse_users(events.clone(), placeholder))
+                .concat(pulse_users(pulse.clone(), placeholder))
                 .arrange_by_key_named("Similarity");
             audited.push(Box::new(UserKeyed {
                 name: "similarity".into(),
@@ -624,6 +624,46 @@ fn fold(map: &mut Rows, row: Row, diff: Diff) {
     }
 }
 
+/// A worker's inputs: the events, and the users of the purge pulse (see [`pulse_users`]),
+/// always at the same time.
+struct Inputs {
+    events: InputSession<u64, Event, Diff>,
+    pulse: InputSession<u64, UserId, Diff>,
+}
+
+impl Inputs {
+    fn new() -> Inputs {
+        Inputs {
+            events: InputSession::new(),
+            pulse: InputSession::new(),
+        }
+    }
+
+    fn time(&self) -> &u64 {
+        self.events.time()
+    }
+
+    fn advance_to(&mut self, time: u64) {
+        self.events.advance_to(time);
+        self.pulse.advance_to(time);
+    }
+
+    fn flush(&mut self) {
+        self.events.flush();
+        self.pulse.flush();
+    }
+
+    /// Inserts (`diff` 1) or retracts (-1) the pulse of worker `index` of `peers`, at the
+    /// current time.
+    fn pulse(&mut self, index: usize, peers: usize, diff: Diff) {
+        let time = *self.time();
+        for event in pulse(index, peers, time) {
+            self.pulse.update(event.user, diff);
+            self.events.update(event, diff);
+        }
+    }
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     config: &ViewConfig,
@@ -635,12 +675,13 @@ fn run_worker(
         changes: config.record_changes.then(Vec::new),
         ..Gather::default()
     }));
-    let mut input: InputSession<u64, Event, Diff> = InputSession::new();
+    let mut input = Inputs::new();
     // One tick per epoch and at the as-of time: the times windows are exact at.
     let mut ticks: timely::dataflow::operators::vec::input::Handle<u64, ()> = Default::default();
     let probe = ProbeHandle::new();
     let mut audited = worker.dataflow::<u64, _, _>(|scope| {
-        let events = input.to_collection(scope);
+        let events = input.events.to_collection(scope);
+        let pulse = input.pulse.to_collection(scope);
         // A change log records each change at the second it happens; otherwise windows only
         // need to be exact at the epochs, which costs far fewer logical times.
         let clock = ticks.to_stream(scope);
@@ -649,7 +690,7 @@ fn run_worker(
         } else {
             Expiry::Ticks(clock)
         };
-        let (rows, audited) = build_views(events, &expiry_at, config);
+        let (rows, audited) = build_views(events, pulse, &expiry_at, config);
         let sink = gather.clone();
         rows.inspect_batch(move |_time, updates| sink.borrow_mut().absorb(updates))
             .probe_with(&probe);
@@ -673,7 +714,7 @@ fn run_worker(
                     ticks.advance_to(time);
                 }
                 for (event, diff) in updates {
-                    input.update(event, diff);
+                    input.events.update(event, diff);
                 }
                 ticks.send(());
                 input.advance_to(time + 1);
@@ -718,13 +759,9 @@ fn run_worker(
                 // After the snapshot: the purge pulse, one epoch in and one out.
                 let start = *input.time();
                 let peers = worker.peers();
-                for event in pulse(index, peers, start) {
-                    input.update(event, 1);
-                }
+                input.pulse(index, peers, 1);
                 input.advance_to(start + 1);
-                for event in pulse(index, peers, start) {
-                    input.update(event, -1);
-                }
+                input.pulse(index, peers, -1);
                 input.advance_to(start + 2);
                 ticks.advance_to(start + 2);
                 input.flush();
