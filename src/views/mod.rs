@@ -1,9 +1,12 @@
 //! The views: public functions from differential collections of [`Event`]s to collections of
 //! results, usable inside any `worker.dataflow(...)`. The `behave` CLI is a thin layer over them.
 //!
-//! Each view exists in two forms: a plain one taking and returning [`VecCollection`]s, and an
-//! `_arranged` one taking shared arrangements (so several views reuse one index) and returning
-//! the arrangement of its output, whose trace the runtime audits after forget requests.
+//! The sessions and engagement views exist in two forms: a plain one taking and returning
+//! [`VecCollection`]s, and an `_arranged` one taking a shared arrangement (so several views
+//! reuse one index) and returning the arrangement of its output. Both work at any timestamp.
+//! For `u64` event-second time, [`history::history_views`] gives both views' rows from one
+//! per-user fold, with less work; the runtime uses it. The runtime audits each view's state
+//! (arrangements, and the folds' and operators' in-place state) after forget requests.
 //!
 //! [`Event`]: crate::event::Event
 
