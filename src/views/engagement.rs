@@ -1,7 +1,7 @@
 //! Engagement: per-user churn-model features.
 //!
 //! These functions work at any timestamp and share the arrangement of
-//! [`user_times`](super::user_times); for `u64` event-second time the runtime keeps the same
+//! [`user_times`]; for `u64` event-second time the runtime keeps the same
 //! rows with less work in [`history_views`](super::history::history_views).
 
 use super::sessions::split_sessions;

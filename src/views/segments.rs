@@ -13,7 +13,7 @@
 //! [`Expiry`]), so a user can leave a rule segment, or enter the dormant
 //! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
-//! All segments of a spec share one per-user fold over their windows ([`fold_passages`]): an
+//! All segments of a spec share one per-user fold over their windows ([`fold_passages`](super::fold::fold_passages)): an
 //! event is marked once with what it means to each segment, enters every window at once and
 //! leaves each distinct `within` once, and the fold keeps two counters per user and segment
 //! (events in the window, events ever or excluding events), so an event costs a few counter
@@ -286,7 +286,7 @@ pub fn percentile_threshold<M: Copy>(
 /// within the window whose [`Metric`] there is at or above the nearest-rank percentile of all
 /// such users' metrics ([`percentile_threshold`]).
 ///
-/// Each user's metric is a running count and sum over their windowed events ([`fold_passages`]).
+/// Each user's metric is a running count and sum over their windowed events ([`fold_passages`](super::fold::fold_passages)).
 /// The threshold and the users at or above it are kept by the operators of
 /// [`percentile`](super::percentile): a change costs the distinct metrics the threshold crosses
 /// and the users whose membership changes, not a pass over all users.
@@ -381,7 +381,7 @@ impl SegmentState {
 /// [`all_members`], with the operator state that names users (for the forget audit).
 ///
 /// The segments share their windows and their per-user state: one per-user fold
-/// ([`fold_passages`]) takes each event once, owes one exit per distinct `within` the event
+/// ([`fold_passages`](super::fold::fold_passages)) takes each event once, owes one exit per distinct `within` the event
 /// matters to, and keeps two counters per segment. Its changed rows are the members of rule and
 /// dormant segments and the metrics of percentile segments, whose thresholds and members the
 /// operators of [`percentile`](super::percentile) maintain.
