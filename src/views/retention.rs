@@ -206,9 +206,10 @@ fn user_offsets(periods: &Periods, unbounded: bool, output: &mut Vec<(PeriodInde
 /// times, not logical times; with event time as logical time (the `u64` seconds of behave
 /// dataflows), no period after the as-of period ever appears.
 ///
-/// Each user's periods are kept as a small summary ([`fold_by_key`](super::fold::fold_by_key)), so a user's update costs
-/// work proportional to the number of distinct periods they are active in; with `unbounded`,
-/// each change to a cohort costs work proportional to its largest offset.
+/// Each user's periods are kept as a small summary
+/// ([`fold_by_key`](super::fold::fold_by_key)), so a user's update costs work proportional to
+/// the number of distinct periods they are active in; with `unbounded`, each change to a cohort
+/// costs work proportional to its largest offset.
 ///
 /// ```
 /// use behave::event::{Event, UserId};

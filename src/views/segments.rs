@@ -13,12 +13,13 @@
 //! [`Expiry`]), so a user can leave a rule segment, or enter the dormant
 //! one, with no new event at all. Like the windows, these views use `u64` logical time (event seconds).
 //!
-//! All segments of a spec share one per-user fold over their windows ([`fold_passages`](super::fold::fold_passages)): an
-//! event is marked once with what it means to each segment, enters every window at once and
-//! leaves each distinct `within` once, and the fold keeps two counters per user and segment
-//! (events in the window, events ever or excluding events), so an event costs a few counter
-//! updates rather than a pass through an arrangement. Percentile thresholds and their members
-//! are kept by the incremental operators of [`percentile`](super::percentile).
+//! All segments of a spec share one per-user fold over their windows
+//! ([`fold_passages`](super::fold::fold_passages)): an event is marked once with what it means
+//! to each segment, enters every window at once and leaves each distinct `within` once, and the
+//! fold keeps two counters per user and segment (events in the window, events ever or excluding
+//! events), so an event costs a few counter updates rather than a pass through an arrangement.
+//! Percentile thresholds and their members are kept by the incremental operators of
+//! [`percentile`](super::percentile).
 //!
 //! Segment sizes are exact counts; k-anonymity suppression is an output concern ([`shown_size`]).
 
@@ -286,10 +287,11 @@ pub fn percentile_threshold<M: Copy>(
 /// within the window whose [`Metric`] there is at or above the nearest-rank percentile of all
 /// such users' metrics ([`percentile_threshold`]).
 ///
-/// Each user's metric is a running count and sum over their windowed events ([`fold_passages`](super::fold::fold_passages)).
-/// The threshold and the users at or above it are kept by the operators of
-/// [`percentile`](super::percentile): a change costs the distinct metrics the threshold crosses
-/// and the users whose membership changes, not a pass over all users.
+/// Each user's metric is a running count and sum over their windowed events
+/// ([`fold_passages`](super::fold::fold_passages)). The threshold and the users at or above it
+/// are kept by the operators of [`percentile`](super::percentile): a change costs the distinct
+/// metrics the threshold crosses and the users whose membership changes, not a pass over all
+/// users.
 pub fn percentile_members<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segment: &Percentile,
@@ -381,10 +383,10 @@ impl SegmentState {
 /// [`all_members`], with the operator state that names users (for the forget audit).
 ///
 /// The segments share their windows and their per-user state: one per-user fold
-/// ([`fold_passages`](super::fold::fold_passages)) takes each event once, owes one exit per distinct `within` the event
-/// matters to, and keeps two counters per segment. Its changed rows are the members of rule and
-/// dormant segments and the metrics of percentile segments, whose thresholds and members the
-/// operators of [`percentile`](super::percentile) maintain.
+/// ([`fold_passages`](super::fold::fold_passages)) takes each event once, owes one exit per
+/// distinct `within` the event matters to, and keeps two counters per segment. Its changed rows
+/// are the members of rule and dormant segments and the metrics of percentile segments, whose
+/// thresholds and members the operators of [`percentile`](super::percentile) maintain.
 pub fn all_members_with_state<'s>(
     events: VecCollection<'s, u64, Event, Diff>,
     segments: &[Segment],

@@ -419,7 +419,6 @@ impl<D: Ord + Clone> Owed<D> {
         self.tail = Some((bucket, updates));
     }
 
-    /// Puts the tail back into the map of buckets.
     /// How many owed records satisfy `which`.
     pub(crate) fn records(&self, which: &dyn Fn(&D) -> bool) -> usize {
         self.buckets
@@ -430,6 +429,7 @@ impl<D: Ord + Clone> Owed<D> {
             .count()
     }
 
+    /// Puts the tail back into the map of buckets.
     fn untail(&mut self) {
         if let Some((bucket, updates)) = self.tail.take() {
             self.buckets.insert(bucket, updates);
