@@ -6,6 +6,7 @@
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
 use crate::spec::Spec;
+use crate::views::fold::FoldKeys;
 use crate::views::history::{history_views, HistoryRow, HistoryViews};
 use crate::views::recommend::{recommendations_with_state, RecommendParams, Recommendation};
 use crate::views::similarity::{
@@ -245,6 +246,16 @@ struct InOperator {
 /// Counts what a piece of operator state holds of some users (sorted ids).
 type UserCounter = Box<dyn Fn(&[UserId]) -> usize>;
 
+impl InOperator {
+    /// The audit of a fold's state: the users among its keys.
+    fn fold(name: String, held: FoldKeys<UserId>) -> Box<dyn AuditedTrace> {
+        Box::new(InOperator {
+            name,
+            count: Box::new(move |users| held.count(|u| users.binary_search(u).is_ok())),
+        })
+    }
+}
+
 impl AuditedTrace for InOperator {
     fn name(&self) -> &str {
         &self.name
@@ -318,10 +329,7 @@ pub fn build_views<'s>(
     };
     if history != HistoryViews::default() {
         let (rows, held) = history_views(events.clone(), history);
-        audited.push(Box::new(InOperator {
-            name: "user_histories".into(),
-            count: Box::new(move |users| held.count(|u| users.binary_search(u).is_ok())),
-        }));
+        audited.push(InOperator::fold("user_histories".into(), held));
         outputs.push(rows.map(|(user, row)| match row {
             HistoryRow::Session(s) => Row::Session(user, s),
             HistoryRow::Engagement(e) => Row::Engagement(user, e),
@@ -347,10 +355,7 @@ pub fn build_views<'s>(
     for (table, (name, spec)) in config.retention.iter().enumerate() {
         let table = table as u32;
         let (counts, held) = views::retention::retention_with_state(events.clone(), spec);
-        audited.push(Box::new(InOperator {
-            name: format!("retention_{name}"),
-            count: Box::new(move |users| held.count(|u| users.binary_search(u).is_ok())),
-        }));
+        audited.push(InOperator::fold(format!("retention_{name}"), held));
         outputs.push(counts.map(move |(cell, retained)| Row::Retention(table, cell, retained)));
     }
     if let Some(params) = &config.similarity {

@@ -46,10 +46,12 @@ proptest! {
         tick in prop_oneof![Just(600i64), Just(3_600), Just(86_400)],
         workers in prop_oneof![Just(1usize), Just(3)],
         which in 0u8..3,
+        engagement_gap in prop_oneof![Just(GAP), Just(4 * GAP)],
     ) {
+        // Engagement counts sessions with its own gap, the same as the sessions' or another.
         let views = HistoryViews {
             sessions: (which != 1).then_some(GAP),
-            engagement: (which != 0).then_some((GAP, OFFSET)),
+            engagement: (which != 0).then_some((engagement_gap, OFFSET)),
         };
         let (updates, _, survivors) = schedule(&events, &forgets, tick, START);
         let folded = run_view(workers, &updates, move |events| {

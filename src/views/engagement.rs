@@ -44,12 +44,22 @@ impl Engagement {
         gap: i64,
         utc_offset: i64,
     ) -> Option<Engagement> {
+        let sessions = split_sessions(times.clone(), gap).len() as u64;
+        Engagement::with_sessions(times, sessions, utc_offset)
+    }
+
+    /// [`Engagement::from_times`] for a user whose number of sessions is already known.
+    pub(crate) fn with_sessions(
+        times: impl IntoIterator<Item = (Time, u64)>,
+        sessions: u64,
+        utc_offset: i64,
+    ) -> Option<Engagement> {
         let mut events = 0u64;
         let mut active_days = 0u64;
         let mut last_day = None;
         let mut first_seen = None;
         let mut last_seen = 0;
-        for (time, count) in times.clone() {
+        for (time, count) in times {
             events += count;
             first_seen.get_or_insert(time);
             last_seen = time;
@@ -62,7 +72,7 @@ impl Engagement {
         Some(Engagement {
             events,
             active_days,
-            sessions: split_sessions(times, gap).len() as u64,
+            sessions,
             first_seen: first_seen?,
             last_seen,
         })

@@ -118,16 +118,21 @@ pub fn history_views<'s>(
         |times: &mut Times, &time: &Time, diff| times.add(time, diff),
         move |user: &UserId, times: &Times, rows: &mut Vec<(UserId, HistoryRow)>| {
             let present = times.present();
+            let mut sessions = None;
             if let Some(gap) = views.sessions {
-                let sessions = split_sessions(present.clone(), gap);
-                rows.extend(
-                    sessions
-                        .into_iter()
-                        .map(|s| (*user, HistoryRow::Session(s))),
-                );
+                let split = split_sessions(present.clone(), gap);
+                sessions = Some((gap, split.len() as u64));
+                rows.extend(split.into_iter().map(|s| (*user, HistoryRow::Session(s))));
             }
             if let Some((gap, utc_offset)) = views.engagement {
-                if let Some(e) = Engagement::from_times(present, gap, utc_offset) {
+                // With the same gap, the sessions just split are the ones engagement counts.
+                let engagement = match sessions {
+                    Some((split_gap, count)) if split_gap == gap => {
+                        Engagement::with_sessions(present, count, utc_offset)
+                    }
+                    _ => Engagement::from_times(present, gap, utc_offset),
+                };
+                if let Some(e) = engagement {
                     rows.push((*user, HistoryRow::Engagement(e)));
                 }
             }
