@@ -15,6 +15,7 @@ pub mod engagement;
 pub mod fold;
 pub mod history;
 pub mod percentile;
+pub mod popular;
 pub mod rank;
 pub mod recommend;
 pub mod retention;

@@ -19,6 +19,7 @@
 //! [`cosine_fixed`]: super::similarity::cosine_fixed
 
 use super::cosine::FxHasher;
+use super::popular::popular_ranks;
 use super::rank::{rank_users, Ranked, ToRank};
 use super::similarity::{
     interactions, similarity, Interactions, Similar, SimilarityParams, SCORE_SCALE,
@@ -402,42 +403,27 @@ pub fn recommendations_with_state<'s>(
     // A cold user needs at most the n + |I_u| + |D_u| most popular items (the count below is
     // one more: the user itself is counted once too).
     let n = params.n as u64;
-    let ranks = cold
+    let budgets = cold
         .clone()
         .concat(own.clone().as_collection(|u, _| *u))
         .concat(dismissed.clone().map(|(u, _)| u))
         .count()
         .semijoin(cold)
-        .flat_map(move |(user, c)| {
+        .map(move |(user, c)| {
             let budget = u32::try_from(n.saturating_add(c as u64)).unwrap_or(u32::MAX);
-            (0..budget).map(move |rank| (rank, user))
+            (user, budget)
         });
-    let ranked = popularity(
+    let ranks = budgets
+        .clone()
+        .flat_map(|(user, budget)| (0..budget).map(move |rank| (rank, user)));
+    let popularity = popularity(
         events,
         &similar.interactions,
         params.popular_within,
         expiry_at,
-    )
-    .map(|(item, users)| ((), (item, users)))
-    .reduce_named(
-        "PopularRanks",
-        |_, input: &[(&(Sym, u64), Diff)], output: &mut Vec<((u32, Sym, u64), Diff)>| {
-            let mut items: Vec<(Sym, u64)> = input
-                .iter()
-                .filter(|(_, r)| *r > 0)
-                .map(|(v, _)| **v)
-                .collect();
-            items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            output.extend(
-                items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(rank, (item, users))| ((rank as u32, item, users), 1)),
-            );
-        },
-    )
-    .map(|((), (rank, item, users))| (rank, (item, users)))
-    .arrange_by_key_named("PopularByRank");
+    );
+    let ranked = popular_ranks(popularity, budgets.map(|(_, budget)| budget))
+        .arrange_by_key_named("PopularByRank");
     let popular = ranks.join_core(ranked, |&rank, &user, &(item, users)| {
         Some((user, RankInput::Popular(rank, item, users)))
     });
