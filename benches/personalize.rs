@@ -352,7 +352,7 @@ fn measure(
         forgotten(i);
         if phases {
             eprintln!(
-                "forget {i}: user {} with {} events, {:.2} ms",
+                "forget {i}: user {} with {} events, {:.2} ms, from {start:?}",
                 user.0,
                 by_user[user].len(),
                 latencies_ms[i]
