@@ -1,7 +1,8 @@
 //! Execution: runs the views of a spec on timely workers (threads and processes), feeds them
 //! the epochs the ingestor cuts, keeps each worker's part of the output, gathers the parts to
 //! worker 0 as an exact snapshot at the as-of time, and audits the arrangements for records of
-//! forgotten users.
+//! forgotten users. Idle workers go on merging their arrangements, so a forgotten user's
+//! cancelled updates leave memory without waiting for more input ([`Runner::residue`]).
 
 use crate::event::{Event, Sym, Time, UserId};
 use crate::ingest::Epoch;
@@ -25,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::ProbeHandle;
 use timely::progress::frontier::AntichainRef;
@@ -437,6 +439,11 @@ enum Msg {
         as_of: u64,
         forgotten: Arc<Vec<UserId>>,
     },
+    /// Reply with what the audited traces hold of `users` (sorted) now, compacting nothing.
+    Residue {
+        users: Arc<Vec<UserId>>,
+        reply: SyncSender<Residue>,
+    },
 }
 
 /// What the arrangement audit found on one worker.
@@ -471,6 +478,42 @@ struct WorkerResult {
 
 /// How many epochs a worker lets its dataflow fall behind the input before waiting.
 const MAX_LAG: usize = 4;
+
+/// How long a worker waits for a message before it counts as idle: epochs of a replay arrive
+/// closer together than this, so idle merging never competes with ingestion for cores.
+const IDLE_AFTER: Duration = Duration::from_millis(10);
+
+/// How long an idle worker keeps stepping so that idle merging can rewrite the batches that
+/// still hold retracted records, before it blocks until the next message.
+const IDLE_MERGE: Duration = Duration::from_secs(1);
+
+/// The next message for the worker, `None` once the runner is gone. Once no message has come
+/// for [`IDLE_AFTER`], and while an audited trace still holds more than one batch, the worker
+/// keeps stepping until a message comes (for at most [`IDLE_MERGE`]): idle merging then
+/// rewrites the batches under the compaction frontier, so that a forgotten user's cancelled
+/// updates leave memory without waiting for more input.
+fn next_message(
+    worker: &mut timely::worker::Worker,
+    receiver: &Receiver<Msg>,
+    audited: &[Box<dyn AuditedTrace>],
+) -> Option<Msg> {
+    match receiver.recv_timeout(IDLE_AFTER) {
+        Ok(message) => return Some(message),
+        Err(RecvTimeoutError::Disconnected) => return None,
+        Err(RecvTimeoutError::Timeout) => {}
+    }
+    let idle_since = Instant::now();
+    while idle_since.elapsed() < IDLE_MERGE && audited.iter().any(|t| t.batches() > 1) {
+        match receiver.try_recv() {
+            Ok(message) => return Some(message),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {
+                worker.step();
+            }
+        }
+    }
+    receiver.recv().ok()
+}
 
 /// Folds the output updates a worker's views produce into its part of the snapshot: those at
 /// or before the latest input time join it, later ones (from windowed views, which schedule
@@ -554,7 +597,7 @@ enum Piece {
 /// a message or activation for it wakes it at once.
 fn wait_while(worker: &mut timely::worker::Worker, mut pending: impl FnMut() -> bool) {
     while pending() {
-        worker.step_or_park(Some(std::time::Duration::from_millis(1)));
+        worker.step_or_park(Some(Duration::from_millis(1)));
     }
 }
 
@@ -707,7 +750,7 @@ fn run_worker(
         changes: None,
         audit: Audit::default(),
     };
-    for message in receiver {
+    while let Some(message) = next_message(worker, &receiver, &audited) {
         match message {
             Msg::Epoch {
                 time,
@@ -726,8 +769,11 @@ fn run_worker(
                 ticks.advance_to(time + 1);
                 input.flush();
                 gather.borrow_mut().advance(time);
+                // Nothing reads the audited traces at a time before the input's: the batch of
+                // this epoch (a forget's retractions) may merge with the older ones, cancelling
+                // what it retracts, as soon as it is built.
                 for trace in audited.iter_mut() {
-                    trace.compact_to(time);
+                    trace.compact_to(time + 1);
                 }
                 recent.push_back(time);
                 if sync {
@@ -773,6 +819,13 @@ fn run_worker(
                 wait_while(worker, || probe.less_than(input.time()));
                 result.audit = audit(worker, &mut audited, start + 2, &forgotten);
                 let _ = acks.send(index);
+            }
+            Msg::Residue { users, reply } => {
+                let residue = audited
+                    .iter_mut()
+                    .map(|trace| trace.records_of(&users))
+                    .fold(Residue::default(), |sum, found| sum + found);
+                let _ = reply.send(residue);
             }
         }
     }
@@ -977,6 +1030,32 @@ impl Runner {
             self.acks.recv().map_err(|_| RuntimeError::Disconnected)?;
         }
         Ok(())
+    }
+
+    /// What this process's workers hold of `users` now, in the audited arrangements and
+    /// operator state, without compacting or merging anything: `live` records (updates that do
+    /// not cancel) and `physical` updates (cancelled ones included). After a forget, `live` is
+    /// zero at once; `physical` falls to zero as idle merging rewrites the batches, which
+    /// workers do while no epoch waits, without needing more input.
+    pub fn residue(&self, users: &[UserId]) -> Result<Residue, RuntimeError> {
+        let mut sorted = users.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let users = Arc::new(sorted);
+        let (reply, replies) = sync_channel(self.senders.len());
+        for sender in &self.senders {
+            sender
+                .send(Msg::Residue {
+                    users: users.clone(),
+                    reply: reply.clone(),
+                })
+                .map_err(|_| RuntimeError::Disconnected)?;
+        }
+        let mut residue = Residue::default();
+        for _ in 0..self.senders.len() {
+            residue = residue + replies.recv().map_err(|_| RuntimeError::Disconnected)?;
+        }
+        Ok(residue)
     }
 
     /// Ends the stream at `as_of`, audits for `forgotten` users, and returns the snapshot.

@@ -132,3 +132,71 @@ fn the_audit_finds_records_that_are_there() {
     assert!(audit.residual_records >= 25, "{audit:?}");
     assert_eq!(audit.physical_records, audit.residual_records, "{audit:?}");
 }
+
+/// Polls `runner.residue` for `user` until nothing physical is left, for at most 20 s.
+fn physical_left(runner: &Runner, user: UserId) -> behave::runtime::Residue {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut residue = runner.residue(&[user]).unwrap();
+    while residue.physical > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        residue = runner.residue(&[user]).unwrap();
+    }
+    residue
+}
+
+#[test]
+fn forgotten_users_leave_memory_while_the_workers_wait_for_input() {
+    // After the forget is synced, no more input arrives: the batch of the forget's epoch must
+    // be allowed to merge with the older ones, so that not even cancelled updates of the
+    // forgotten user remain.
+    for workers in [1, 2] {
+        let runner = Runner::start(Cluster::local(workers), views()).unwrap();
+        let mut load = Vec::new();
+        for user in 1..=5 {
+            load.extend(history(user).into_iter().map(|e| (e, 1)));
+        }
+        runner.sync(epoch(20_000, workers, load)).unwrap();
+        let before = runner.residue(&[UserId(2)]).unwrap();
+        assert!(
+            before.live >= 25,
+            "user 2 is held before the forget: {before:?}"
+        );
+        let retractions = history(2).into_iter().map(|e| (e, -1)).collect();
+        runner.sync(epoch(30_000, workers, retractions)).unwrap();
+        assert_eq!(
+            runner.residue(&[UserId(2)]).unwrap().live,
+            0,
+            "{workers} workers"
+        );
+        let residue = physical_left(&runner, UserId(2));
+        assert_eq!(residue.physical, 0, "{workers} workers: {residue:?}");
+        // Users not forgotten are still held.
+        assert!(runner.residue(&[UserId(3)]).unwrap().live >= 25);
+        runner.finish(30_000, vec![UserId(2)]).unwrap();
+    }
+}
+
+#[test]
+fn idle_workers_finish_rewriting_large_batches() {
+    // Many users in one segment: rewriting its arrangement's large batch takes many steps of
+    // idle merging, more than the forget's own sync makes, so the workers must go on merging
+    // while they wait for input.
+    let mut config = ViewConfig::sessions_and_engagement(1_800);
+    config.sessions = None;
+    config.engagement = None;
+    config.segments.push(Segment::Dormant(Dormant {
+        name: "asleep".into(),
+        within: 3_600,
+    }));
+    let users = 40_000u64;
+    let runner = Runner::start(Cluster::local(1), config).unwrap();
+    let load = (1..=users)
+        .map(|u| (Event::new(UserId(u), 1_000, "view"), 1))
+        .collect();
+    runner.sync(epoch(20_000, 1, load)).unwrap();
+    let forget = vec![(Event::new(UserId(2), 1_000, "view"), -1)];
+    runner.sync(epoch(30_000, 1, forget)).unwrap();
+    let residue = physical_left(&runner, UserId(2));
+    assert_eq!(residue, behave::runtime::Residue::default());
+    runner.finish(30_000, vec![UserId(2)]).unwrap();
+}
