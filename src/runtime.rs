@@ -23,7 +23,7 @@ use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -479,6 +479,54 @@ struct WorkerResult {
 /// How many epochs a worker lets its dataflow fall behind the input before waiting.
 const MAX_LAG: usize = 4;
 
+/// Merge effort (in updates) per step of an arrangement not yet in one batch, while the worker
+/// is idle ([`idle_step`]): enough to rewrite large batches in a few steps.
+const IDLE_EFFORT: usize = 1_000;
+
+/// Merge effort per step while the worker processes epochs: enough to keep merges moving
+/// without slowing the epoch (a forget) that the worker, or a peer waiting on it, is on.
+const BUSY_EFFORT: usize = 10;
+
+thread_local! {
+    /// Whether this worker thread steps only to merge (see [`idle_step`]).
+    static IDLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One step of a worker with nothing else to do, merging at [`IDLE_EFFORT`].
+fn idle_step(worker: &mut timely::worker::Worker) {
+    IDLE.with(|idle| idle.set(true));
+    worker.step();
+    IDLE.with(|idle| idle.set(false));
+}
+
+/// The arrangements' merging: like differential's `idle_merge_effort`, an arrangement that
+/// holds more than one non-empty batch merges on each step, at [`IDLE_EFFORT`] when the
+/// worker is idle and at [`BUSY_EFFORT`] otherwise.
+fn exert_logic() -> differential_dataflow::trace::ExertionLogic {
+    Arc::new(|batches| {
+        let effort = || {
+            Some(if IDLE.with(Cell::get) {
+                IDLE_EFFORT
+            } else {
+                BUSY_EFFORT
+            })
+        };
+        let mut non_empty = 0;
+        for (_level, count, length) in batches {
+            if *count > 1 {
+                return effort();
+            }
+            if *length > 0 {
+                non_empty += 1;
+            }
+            if non_empty > 1 {
+                return effort();
+            }
+        }
+        None
+    })
+}
+
 /// How long a worker waits for a message before it counts as idle: epochs of a replay arrive
 /// closer together than this, so idle merging never competes with ingestion for cores.
 const IDLE_AFTER: Duration = Duration::from_millis(10);
@@ -507,9 +555,7 @@ fn next_message(
         match receiver.try_recv() {
             Ok(message) => return Some(message),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {
-                worker.step();
-            }
+            Err(TryRecvError::Empty) => idle_step(worker),
         }
     }
     receiver.recv().ok()
@@ -848,7 +894,7 @@ fn audit(
     // each one does at this point. The bound only guards against a merge that never ends.
     let mut steps = 0u64;
     while traces.iter().any(|t| t.batches() > 1) && steps < 10_000_000 {
-        worker.step();
+        idle_step(worker);
         steps += 1;
     }
     let residue = traces
@@ -925,9 +971,9 @@ impl Cluster {
             timely::CommunicationConfig::Process(self.threads)
         };
         let mut worker = timely::WorkerConfig::default();
-        differential_dataflow::configure(
-            &mut worker,
-            &differential_dataflow::Config::default().idle_merge_effort(Some(1_000)),
+        worker.set::<differential_dataflow::trace::ExertionLogic>(
+            "differential/default_exert_logic".to_string(),
+            exert_logic(),
         );
         timely::Config {
             communication,
