@@ -867,15 +867,19 @@ fn run_worker(
                 let _ = acks.send(index);
             }
             Msg::Residue { users, reply } => {
-                let residue = audited
-                    .iter_mut()
-                    .map(|trace| trace.records_of(&users))
-                    .fold(Residue::default(), |sum, found| sum + found);
-                let _ = reply.send(residue);
+                let _ = reply.send(residue_of(&mut audited, &users));
             }
         }
     }
     result
+}
+
+/// What `traces` hold of `users` (sorted), summed.
+fn residue_of(traces: &mut [Box<dyn AuditedTrace>], users: &[UserId]) -> Residue {
+    traces
+        .iter_mut()
+        .map(|trace| trace.records_of(users))
+        .fold(Residue::default(), |sum, found| sum + found)
 }
 
 /// Compacts every audited trace to `time`, lets idle merging bring each down to one batch
@@ -897,10 +901,7 @@ fn audit(
         idle_step(worker);
         steps += 1;
     }
-    let residue = traces
-        .iter_mut()
-        .map(|t| t.records_of(forgotten))
-        .fold(Residue::default(), |a, b| a + b);
+    let residue = residue_of(traces, forgotten);
     Audit {
         traces: traces.len(),
         users: forgotten.len(),

@@ -81,13 +81,17 @@ fn history(user: u64) -> Vec<Event> {
         .collect()
 }
 
+/// The histories of users 1 to 5, at time 20,000.
+fn everyone(workers: usize) -> Epoch {
+    let load = (1..=5)
+        .flat_map(|user| history(user).into_iter().map(|e| (e, 1)))
+        .collect();
+    epoch(20_000, workers, load)
+}
+
 fn run(workers: usize, forget: &[u64], audit_for: Vec<UserId>) -> Audit {
     let runner = Runner::start(Cluster::local(workers), views()).unwrap();
-    let mut load = Vec::new();
-    for user in 1..=5 {
-        load.extend(history(user).into_iter().map(|e| (e, 1)));
-    }
-    runner.sync(epoch(20_000, workers, load)).unwrap();
+    runner.sync(everyone(workers)).unwrap();
     let retractions = forget
         .iter()
         .flat_map(|&u| history(u).into_iter().map(|e| (e, -1)))
@@ -151,11 +155,7 @@ fn forgotten_users_leave_memory_while_the_workers_wait_for_input() {
     // forgotten user remain.
     for workers in [1, 2] {
         let runner = Runner::start(Cluster::local(workers), views()).unwrap();
-        let mut load = Vec::new();
-        for user in 1..=5 {
-            load.extend(history(user).into_iter().map(|e| (e, 1)));
-        }
-        runner.sync(epoch(20_000, workers, load)).unwrap();
+        runner.sync(everyone(workers)).unwrap();
         let before = runner.residue(&[UserId(2)]).unwrap();
         assert!(
             before.live >= 25,

@@ -37,6 +37,8 @@ use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::VecCollection;
 use std::cmp::Ordering;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use timely::progress::Timestamp;
 
 /// The diff type of every behave collection: multiplicities.
@@ -66,6 +68,26 @@ where
     V: differential_dataflow::ExchangeData,
 {
     arranged.as_collection(|k: &K, v: &V| (k.clone(), v.clone()))
+}
+
+/// Adds `diff` to the count of `key` in `map`, dropping the entry at zero (one search).
+pub(crate) fn add_count<K: Ord, C>(map: &mut BTreeMap<K, C>, key: K, diff: C)
+where
+    C: Copy + Default + PartialEq + std::ops::AddAssign,
+{
+    match map.entry(key) {
+        Entry::Occupied(mut count) => {
+            *count.get_mut() += diff;
+            if *count.get() == C::default() {
+                count.remove();
+            }
+        }
+        Entry::Vacant(slot) => {
+            if diff != C::default() {
+                slot.insert(diff);
+            }
+        }
+    }
 }
 
 /// The first `n` of `pool` in `order`, sorted: a selection, then a sort of only those `n`.

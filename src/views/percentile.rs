@@ -16,12 +16,11 @@
 //! nearest-rank definition applied to the metrics at that time.
 
 use super::fold::{file_all, Pending};
-use super::Diff;
+use super::{add_count, Diff};
 use crate::event::{Sym, UserId};
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use std::cell::RefCell;
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
@@ -298,26 +297,6 @@ fn current_threshold(thresholds: &BTreeMap<i64, Diff>) -> Option<i64> {
 /// Adds `diff` to the multiplicity of `entry`, dropping it at zero.
 fn add_to(held: &mut ByMetric, entry: (i64, UserId), diff: Diff) {
     add_count(held, entry, diff);
-}
-
-/// Adds `diff` to the count of `key` in `map`, dropping the entry at zero (one search).
-fn add_count<K: Ord, C>(map: &mut BTreeMap<K, C>, key: K, diff: C)
-where
-    C: Copy + Default + PartialEq + std::ops::AddAssign,
-{
-    match map.entry(key) {
-        Entry::Occupied(mut count) => {
-            *count.get_mut() += diff;
-            if *count.get() == C::default() {
-                count.remove();
-            }
-        }
-        Entry::Vacant(slot) => {
-            if diff != C::default() {
-                slot.insert(diff);
-            }
-        }
-    }
 }
 
 /// The membership changes of moving the threshold from `old` to `new` (`None`: nobody is a

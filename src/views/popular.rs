@@ -12,12 +12,11 @@
 //! Its state names no user: item counts, and how many cold users have each budget.
 
 use super::cosine::in_time_order;
-use super::Diff;
+use super::{add_count, Diff};
 use crate::event::Sym;
 use differential_dataflow::{AsCollection, VecCollection};
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use timely::dataflow::channels::pact::Exchange;
@@ -37,23 +36,6 @@ struct Ranking {
     emitted: Vec<(Sym, u64)>,
 }
 
-/// Adds `diff` to `map[key]`, dropping the entry at zero.
-fn add<K: Ord>(map: &mut BTreeMap<K, Diff>, key: K, diff: Diff) {
-    match map.entry(key) {
-        Entry::Occupied(mut count) => {
-            *count.get_mut() += diff;
-            if *count.get() == 0 {
-                count.remove();
-            }
-        }
-        Entry::Vacant(count) => {
-            if diff != 0 {
-                count.insert(diff);
-            }
-        }
-    }
-}
-
 impl Ranking {
     /// Applies one time's changes of popularity and of budgets and returns the changes of the
     /// ranks `(rank, (item, users))` below the largest budget.
@@ -63,10 +45,10 @@ impl Ranking {
         budgets: Vec<(u32, Diff)>,
     ) -> Vec<(PopularRank, Diff)> {
         for ((item, users), diff) in popularity {
-            add(&mut self.order, (Reverse(users), item), diff);
+            add_count(&mut self.order, (Reverse(users), item), diff);
         }
         for (budget, diff) in budgets {
-            add(&mut self.budgets, budget, diff);
+            add_count(&mut self.budgets, budget, diff);
         }
         let depth = self
             .budgets
