@@ -159,8 +159,28 @@ fn arb_steps() -> impl Strategy<Value = Vec<Vec<Membership>>> {
     prop::collection::vec(prop::collection::vec((0u64..5, 0u64..7), 0..14), 1..7)
 }
 
+/// Longer runs over more members, a few toggles at a time, with small `k`: members hold more
+/// candidates than they rank, so most size changes reach members whose best they cannot enter
+/// (the operator skips those on each link's reach alone), and some later can.
+fn arb_size_changes() -> impl Strategy<Value = Vec<Vec<Membership>>> {
+    let start = prop::collection::vec((0u64..8, 0u64..14), 20..50);
+    let later = prop::collection::vec(prop::collection::vec((0u64..8, 0u64..14), 1..4), 4..16);
+    (start, later).prop_map(|(start, mut later)| {
+        later.insert(0, start);
+        later
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn size_changes_outside_the_best_are_skipped_exactly(
+        steps in arb_size_changes(),
+        k in 1usize..3,
+    ) {
+        check(&steps, k, 14);
+    }
 
     #[test]
     fn operators_equal_batch_top_k_at_every_time(
