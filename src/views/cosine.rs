@@ -42,9 +42,10 @@
 
 use super::fold::{file_all, Pending};
 use super::similarity::{closer, Similar};
-use super::{first_n_by, merge_first_n_by, sorted_changes, Diff};
+use super::{first_n_by, merge_first_n_by, Diff};
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
 use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -734,16 +735,39 @@ fn rescan<M: Ord + Hash + Copy>(
     (first_n_by(pool, depth(k), closer), complete)
 }
 
-/// Emits the records of `old` not in `new` with `-1` and those of `new` not in `old` with `+1`.
+/// Emits the records of `old` not in `new` with `-1` and those of `new` not in `old` with `+1`,
+/// both ranked by [`closer`].
+///
+/// One walk through both, as through two sorted lists: [`closer`] orders records by cosine,
+/// then neighbour, so a record that is in both is at the same place in each, and two records
+/// it finds equal name the same neighbour (one per list), equal or not.
 fn emit_difference<M: Ord + Copy>(
     a: M,
     old: &[Similar<M>],
     new: &[Similar<M>],
     out: &mut Vec<((M, Similar<M>), Diff)>,
 ) {
-    let mut old = old.to_vec();
-    let mut new = new.to_vec();
-    old.sort_unstable();
-    new.sort_unstable();
-    sorted_changes(&old, &new, |s, diff| out.push(((a, s), diff)));
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        match closer(&old[i], &new[j]) {
+            Ordering::Less => {
+                out.push(((a, old[i]), -1));
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push(((a, new[j]), 1));
+                j += 1;
+            }
+            Ordering::Equal => {
+                if old[i] != new[j] {
+                    out.push(((a, old[i]), -1));
+                    out.push(((a, new[j]), 1));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend(old[i..].iter().map(|s| ((a, *s), -1)));
+    out.extend(new[j..].iter().map(|s| ((a, *s), 1)));
 }
