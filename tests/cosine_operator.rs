@@ -161,7 +161,7 @@ fn arb_steps() -> impl Strategy<Value = Vec<Vec<Membership>>> {
 
 /// Longer runs over more members, a few toggles at a time, with small `k`: members hold more
 /// candidates than they rank, so most size changes reach members whose best they cannot enter
-/// (the operator skips those on each link's reach alone), and some later can.
+/// (the operator does not re-rank those), and some later can.
 fn arb_size_changes() -> impl Strategy<Value = Vec<Vec<Membership>>> {
     let start = prop::collection::vec((0u64..8, 0u64..14), 20..50);
     let later = prop::collection::vec(prop::collection::vec((0u64..8, 0u64..14), 1..4), 4..16);
