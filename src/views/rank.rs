@@ -233,41 +233,55 @@ impl Ranks {
         params: &RecommendParams,
     ) -> Vec<((UserId, Recommendation), Diff)> {
         let mut dirty: Vec<UserId> = Vec::new();
-        // Neighbour weights change with the neighbours' item sets as they were (ΔW · I) ...
+        let mut weights: Vec<(UserId, UserId, i64)> = Vec::new();
         for ((user, input), diff) in inputs {
             if diff == 0 {
                 continue;
             }
-            let rank = self.users.entry(user).or_default();
-            match input {
-                ToRank::Input(value) => {
-                    match value {
-                        RankInput::Own(_) => {
-                            rank.content.clear();
-                            rank.profile = None;
-                            rank.stale = true;
-                            rank.changed = Vec::new();
-                        }
-                        // A dismissal takes the item out; its retraction lets it back in.
-                        RankInput::Dismissed(item) => rank.touch(item, -(diff as i64)),
-                        RankInput::Via(..) | RankInput::Popular(..) => {}
-                    }
-                    add(&mut rank.inputs, value, diff as i64);
-                }
+            let value = match input {
+                ToRank::Input(value) => value,
                 ToRank::Neighbour(v, w) => {
-                    let delta = w * diff as i64;
-                    if let Some(its) = self.items_of.get(&v) {
-                        for (&item, &copies) in its {
-                            add(&mut rank.via, item, delta * copies);
-                            rank.touch(item, delta * copies);
-                        }
-                    }
-                    let followers = self.followers.entry(v).or_default();
-                    add(followers, user, delta);
-                    if followers.is_empty() {
-                        self.followers.remove(&v);
-                    }
+                    weights.push((user, v, w * diff as i64));
+                    continue;
                 }
+            };
+            let rank = self.users.entry(user).or_default();
+            match value {
+                RankInput::Own(_) => {
+                    rank.content.clear();
+                    rank.profile = None;
+                    rank.stale = true;
+                    rank.changed = Vec::new();
+                }
+                // A dismissal takes the item out; its retraction lets it back in.
+                RankInput::Dismissed(item) => rank.touch(item, -(diff as i64)),
+                RankInput::Via(..) | RankInput::Popular(..) => {}
+            }
+            add(&mut rank.inputs, value, diff as i64);
+            dirty.push(user);
+        }
+        // Neighbour weights change with the neighbours' item sets as they were (ΔW · I) ...
+        // A neighbour whose score changed arrives as the old weight's retraction and the new
+        // one's insertion: their sum moves the user's sums in one pass over the neighbour's
+        // items (none at all when the weight stays the same), one user at a time.
+        weights.sort_unstable_by_key(|&(user, v, _)| (user, v));
+        for run in weights.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (user, v) = (run[0].0, run[0].1);
+            let delta: i64 = run.iter().map(|r| r.2).sum();
+            if delta == 0 {
+                continue;
+            }
+            let rank = self.users.entry(user).or_default();
+            if let Some(its) = self.items_of.get(&v) {
+                for (&item, &copies) in its {
+                    add(&mut rank.via, item, delta * copies);
+                    rank.touch(item, delta * copies);
+                }
+            }
+            let followers = self.followers.entry(v).or_default();
+            add(followers, user, delta);
+            if followers.is_empty() {
+                self.followers.remove(&v);
             }
             dirty.push(user);
         }
