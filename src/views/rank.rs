@@ -31,6 +31,7 @@ use super::recommend::{
 };
 use super::{first_n_by, merge_first_n_by, sorted_changes, Diff};
 use crate::event::{Sym, UserId};
+use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -233,7 +234,7 @@ impl Ranks {
         params: &RecommendParams,
     ) -> Vec<((UserId, Recommendation), Diff)> {
         let mut dirty: Vec<UserId> = Vec::new();
-        let mut weights: Vec<(UserId, UserId, i64)> = Vec::new();
+        let mut weights: Vec<((UserId, UserId), i64)> = Vec::new();
         for ((user, input), diff) in inputs {
             if diff == 0 {
                 continue;
@@ -241,7 +242,7 @@ impl Ranks {
             let value = match input {
                 ToRank::Input(value) => value,
                 ToRank::Neighbour(v, w) => {
-                    weights.push((user, v, w * diff as i64));
+                    weights.push(((user, v), w * diff as i64));
                     continue;
                 }
             };
@@ -264,13 +265,8 @@ impl Ranks {
         // A neighbour whose score changed arrives as the old weight's retraction and the new
         // one's insertion: their sum moves the user's sums in one pass over the neighbour's
         // items (none at all when the weight stays the same), one user at a time.
-        weights.sort_unstable_by_key(|&(user, v, _)| (user, v));
-        for run in weights.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let (user, v) = (run[0].0, run[0].1);
-            let delta: i64 = run.iter().map(|r| r.2).sum();
-            if delta == 0 {
-                continue;
-            }
+        consolidate(&mut weights);
+        for ((user, v), delta) in weights {
             let rank = self.users.entry(user).or_default();
             if let Some(its) = self.items_of.get(&v) {
                 for (&item, &copies) in its {
